@@ -1,0 +1,50 @@
+# Every set-up step lives here and is idempotent: a second `make test` reinstalls
+# nothing. Everything goes into the project-local .venv.
+PYTHON      ?= python3.11
+VENV        := .venv
+BIN         := $(VENV)/bin
+TF_PACKAGE  ?= tensorflow-cpu==2.21.0
+# Set HOROVOD=0 to skip the Horovod build (everything then runs as one process).
+HOROVOD     ?= 1
+
+STAMP_BASE  := $(VENV)/.stamp-base
+STAMP_HVD   := $(VENV)/.stamp-horovod
+
+.PHONY: install test test-fast demo bench clean help
+
+help:
+	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
+	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
+	@echo "make bench  - run the benchmarks in bench/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+
+$(STAMP_BASE): $(BIN)/python requirements.txt requirements-dev.txt setup.py
+	$(BIN)/pip install -q "$(TF_PACKAGE)" -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(STAMP_HVD): $(STAMP_BASE) tools/install_horovod.sh
+ifeq ($(HOROVOD),1)
+	PIP="$(BIN)/pip" PYTHON="$(BIN)/python" bash tools/install_horovod.sh
+endif
+	touch $@
+
+install: $(STAMP_BASE) $(STAMP_HVD)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash tools/demo.sh
+
+bench: install
+	$(BIN)/python bench/optimizer_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,46 @@
+"""Block-wise SNGM: SNGM with the norm taken per variable."""
+
+import keras
+import tensorflow as tf
+
+from keras_sngm._base import NormalizedMomentumOptimizer, squared_norm
+
+
+@keras.saving.register_keras_serializable(package="keras_sngm")
+class BlockSNGM(NormalizedMomentumOptimizer):
+    """Block-wise SNGM: each variable (block s) normalized by its own norm.
+
+    Zhao et al., eq. 13-14:
+
+    ```python
+    g_s = g_s + weight_decay * w_s        # weight_decay_mode="l2" (default)
+    u_s = momentum * u_s + g_s / norm(g_s)
+    w_s = w_s - learning_rate * u_s
+    ```
+
+    The paper proves this is never faster than `SNGM` (whose norm spans all
+    variables); it is here for comparison. Weight decay, exclusions, non-finite
+    gradients and `**kwargs` behave as in `keras_sngm.SNGM`.
+
+    Args:
+        learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
+            or a callable taking no arguments. Defaults to `0.1`.
+        momentum: float in [0, 1). Defaults to `0.9`.
+        weight_decay: float >= 0. Defaults to `0.0`.
+        weight_decay_mode: `"l2"` or `"decoupled"`. Defaults to `"l2"`.
+        weight_decay_exclude: list of regular expressions on `variable.path`.
+            Defaults to `()`.
+        jit_compile: whether the update is one XLA-compiled function.
+            Defaults to `True`.
+        name: String. The name of the optimizer. Defaults to `None`.
+        **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
+
+    References:
+        - [Zhao, Xie and Li, 2020](https://arxiv.org/abs/2007.13985), section 4.
+    """
+
+    def _directions(self, grads, variables, indices):
+        norms = [tf.sqrt(squared_norm(g)) for g in grads]                 # ||g_s|| per block
+        finite = tf.reduce_all(tf.math.is_finite(tf.stack(norms)))
+        directions = [g * tf.cast(tf.math.divide_no_nan(1.0, n), g.dtype) for g, n in zip(grads, norms)]  # eq. (13)
+        return directions, finite

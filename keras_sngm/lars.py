@@ -1,0 +1,152 @@
+"""LARS: layer-wise adaptive rate scaling, with the paper's two scale functions."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from keras_sngm._base import BIAS_AND_NORM_PATTERNS, NormalizedMomentumOptimizer, _check_patterns, _matches, squared_norm
+
+PHIS = ("identity", "clip")
+
+
+@keras.saving.register_keras_serializable(package="keras_sngm")
+class LARS(NormalizedMomentumOptimizer):
+    """LARS: each variable's gradient scaled by a trust ratio before the momentum.
+
+    ```python
+    g_s = g_s + weight_decay * w_s                  # weight_decay_mode="l2" (default)
+    r_s = trust_coefficient * phi(norm(w_s)) / (norm(g_s) + epsilon)
+    u_s = momentum * u_s + r_s * g_s
+    w_s = w_s - learning_rate * u_s
+    ```
+
+    `phi="identity"` is phi(z) = z (You et al.); `phi="clip"` is
+    phi(z) = min(max(z, phi_lower), phi_upper). Zhao et al. show that phi(z) = z can
+    converge to a wrong point: on F(x) = (x + 1)^2 / 2 from x > 0 it drives x to 0,
+    not to the minimum -1. Variables matching `trust_ratio_exclude` (biases and
+    normalization parameters by default) use r_s = 1, as does any variable whose
+    phi(norm(w_s)) or norm(g_s) is zero. Non-finite gradients skip the step, as in
+    `keras_sngm.SNGM`.
+
+    Args:
+        learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
+            or a callable taking no arguments. Defaults to `0.1`.
+        momentum: float in [0, 1). Defaults to `0.9`.
+        weight_decay: float >= 0. Defaults to `0.0`.
+        weight_decay_mode: `"l2"` (inside the trust ratio's gradient norm) or
+            `"decoupled"`. Defaults to `"l2"`.
+        weight_decay_exclude: list of regular expressions on `variable.path`.
+            Defaults to biases and normalization parameters.
+        trust_coefficient: float > 0, the `eta` of You et al. Defaults to `0.001`.
+        epsilon: float >= 0 added to norm(g_s). Defaults to `1e-9`.
+        phi: `"identity"` or `"clip"`. Defaults to `"identity"`.
+        phi_lower: lower bound of `phi="clip"`, >= 0. Defaults to `0.0`.
+        phi_upper: upper bound of `phi="clip"`, > phi_lower. Defaults to `10.0`.
+        trust_ratio_exclude: list of regular expressions on `variable.path`;
+            matching variables take plain momentum steps. Defaults to biases and
+            normalization parameters.
+        jit_compile: whether the update is one XLA-compiled function.
+            Defaults to `True`.
+        name: String. The name of the optimizer. Defaults to `None`.
+        **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
+
+    References:
+        - [You, Gitman and Ginsburg, 2017](https://arxiv.org/abs/1708.03888),
+          "Large Batch Training of Convolutional Networks".
+        - [Zhao, Xie and Li, 2020](https://arxiv.org/abs/2007.13985), section 4.
+    """
+
+    default_weight_decay_exclude = BIAS_AND_NORM_PATTERNS
+
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=0.0,
+        weight_decay_mode="l2",
+        weight_decay_exclude=None,
+        trust_coefficient=0.001,
+        epsilon=1e-9,
+        phi="identity",
+        phi_lower=0.0,
+        phi_upper=10.0,
+        trust_ratio_exclude=BIAS_AND_NORM_PATTERNS,
+        jit_compile=True,
+        name=None,
+        **kwargs,
+    ):
+        if not _positive(trust_coefficient):
+            raise ValueError(f"`trust_coefficient` must be a float > 0. Received: trust_coefficient={trust_coefficient!r}")
+        if not (_positive(epsilon) or epsilon == 0):
+            raise ValueError(f"`epsilon` must be a float >= 0. Received: epsilon={epsilon!r}")
+        if phi not in PHIS:
+            raise ValueError(f"`phi` must be one of {PHIS}. Received: phi={phi!r}")
+        if not (
+            isinstance(phi_lower, (int, float))
+            and isinstance(phi_upper, (int, float))
+            and 0 <= phi_lower < phi_upper
+            and math.isfinite(phi_lower)
+        ):
+            raise ValueError(
+                "`phi_lower` and `phi_upper` must satisfy 0 <= phi_lower < phi_upper. "
+                f"Received: phi_lower={phi_lower!r}, phi_upper={phi_upper!r}"
+            )
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            weight_decay_mode=weight_decay_mode,
+            weight_decay_exclude=weight_decay_exclude,
+            jit_compile=jit_compile,
+            name=name,
+            **kwargs,
+        )
+        self.trust_coefficient = float(trust_coefficient)
+        self.epsilon = float(epsilon)
+        self.phi = phi
+        self.phi_lower = float(phi_lower)
+        self.phi_upper = float(phi_upper)
+        self.trust_ratio_exclude = _check_patterns("trust_ratio_exclude", trust_ratio_exclude)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._trusted = [not _matches(self.trust_ratio_exclude, v) for v in variables]
+
+    def _phi(self, z):
+        if self.phi == "clip":
+            return tf.clip_by_value(z, self.phi_lower, self.phi_upper)  # min(max(z, lower), upper)
+        return z
+
+    def _directions(self, grads, variables, indices):
+        g_norms = [tf.sqrt(squared_norm(g)) for g in grads]
+        directions = []
+        for g, w, g_norm, i in zip(grads, variables, g_norms, indices):
+            if self._trusted[i]:
+                p = self._phi(tf.sqrt(squared_norm(w)))
+                ratio = tf.where(
+                    (p > 0) & (g_norm > 0), self.trust_coefficient * p / (g_norm + self.epsilon), 1.0
+                )  # phi(||w_s||) / ||g_s||
+                g = g * tf.cast(ratio, g.dtype)
+            directions.append(g)
+        return directions, tf.reduce_all(tf.math.is_finite(tf.stack(g_norms)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "trust_coefficient": self.trust_coefficient,
+                "epsilon": self.epsilon,
+                "phi": self.phi,
+                "phi_lower": self.phi_lower,
+                "phi_upper": self.phi_upper,
+                "trust_ratio_exclude": list(self.trust_ratio_exclude),
+            }
+        )
+        return config
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0

@@ -1,0 +1,57 @@
+"""SNGM: stochastic normalized gradient descent with momentum."""
+
+import keras
+import tensorflow as tf
+
+from keras_sngm._base import NormalizedMomentumOptimizer, squared_norm
+
+
+@keras.saving.register_keras_serializable(package="keras_sngm")
+class SNGM(NormalizedMomentumOptimizer):
+    """Stochastic normalized gradient descent with momentum (SNGM).
+
+    The mini-batch gradient is divided by its Euclidean norm over ALL trainable
+    variables together before it enters the momentum (Zhao et al., eq. 7-8):
+
+    ```python
+    g = g + weight_decay * w              # weight_decay_mode="l2" (default)
+    u = momentum * u + g / norm(g)        # norm over every variable at once
+    w = w - learning_rate * u
+    ```
+
+    With `weight_decay_mode="decoupled"` the decay is kept out of the norm:
+    `w = w - learning_rate * (u + weight_decay * w)`. `momentum=0` gives SNGD.
+    Since `||u|| <= 1 / (1 - momentum)` (Lemma 2), every step has length at most
+    `learning_rate / (1 - momentum)` whatever the batch size, which is why no warm-up
+    is needed. Pair it with a decaying schedule, e.g.
+    `keras.optimizers.schedules.PolynomialDecay(lr, T, end_learning_rate=0, power=1.1)`.
+
+    The norm is taken after loss-scale unscaling, gradient accumulation and
+    cross-replica averaging. A zero gradient gives a zero direction. A NaN or Inf
+    gradient skips the step: weights and momentum are left untouched and
+    `skipped_steps` is incremented.
+
+    Args:
+        learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
+            or a callable taking no arguments. Defaults to `0.1`.
+        momentum: float in [0, 1), the `beta` of the paper. Defaults to `0.9`.
+        weight_decay: float >= 0. Defaults to `0.0`.
+        weight_decay_mode: `"l2"` (added to the gradient before normalization, as
+            in the paper's experiments) or `"decoupled"`. Defaults to `"l2"`.
+        weight_decay_exclude: list of regular expressions; variables whose `path`
+            matches one get no weight decay. Defaults to `()`.
+        jit_compile: whether the update of all variables is one XLA-compiled
+            function. Defaults to `True`.
+        name: String. The name of the optimizer. Defaults to `None`.
+        **kwargs: any other keyword argument of `keras.optimizers.Optimizer`
+            (`gradient_accumulation_steps`, `loss_scale_factor`, `use_ema`, ...).
+
+    References:
+        - [Zhao, Xie and Li, 2020](https://arxiv.org/abs/2007.13985), "Stochastic
+          Normalized Gradient Descent with Momentum for Large-Batch Training".
+    """
+
+    def _directions(self, grads, variables, indices):
+        norm = tf.sqrt(tf.add_n([squared_norm(g) for g in grads]))   # ||g_t||, all variables
+        inv = tf.math.divide_no_nan(1.0, norm)                         # zero gradient -> zero step
+        return [g * tf.cast(inv, g.dtype) for g in grads], tf.math.is_finite(norm)  # eq. (7)

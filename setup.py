@@ -1,0 +1,25 @@
+"""keras-sngm: SNGM optimizers for Keras 3 and Horovod large-batch trainers."""
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-sngm",
+    version="0.1.0",
+    description=(
+        "Stochastic Normalized Gradient Descent with Momentum (SNGM), block-wise "
+        "SNGM and LARS as Keras 3 optimizers, with Horovod large-batch trainers."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_sngm", "keras_sngm.*", "trainers", "trainers.*"]),
+    install_requires=["keras>=3.8", "numpy"],
+    extras_require={
+        # TensorFlow is the backend the optimizers' XLA step and the trainers use.
+        "tensorflow": ["tensorflow>=2.16", "tensorboard"],
+        # Horovod must be built against the installed TensorFlow: see tools/install_horovod.sh.
+        "horovod": ["horovod==0.28.1"],
+        "datasets": ["tensorflow-datasets>=4.9"],
+        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["sngm-train=trainers.cli:main"]},
+)

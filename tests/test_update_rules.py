@@ -1,0 +1,156 @@
+"""Each optimizer against the NumPy reference of the paper's equations."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import reference as ref
+from keras_sngm import LARS, SNGM, BlockSNGM
+
+SHAPES = {"dense/kernel": (5, 3), "dense/bias": (3,), "conv/kernel": (2, 3, 4), "norm/gamma": (7,)}
+STEPS = 25
+
+
+def make_variables(seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for path, shape in SHAPES.items():
+        layer, name = path.split("/")
+        with keras.name_scope(layer):
+            out.append(keras.Variable(rng.normal(size=shape).astype("float32"), name=name))
+    assert [v.path for v in out] == list(SHAPES)
+    return out
+
+
+def random_grads(seed, steps=STEPS):
+    rng = np.random.default_rng(seed + 1000)
+    return [[rng.normal(scale=rng.uniform(0.01, 3.0), size=s).astype("float32") for s in SHAPES.values()] for _ in range(steps)]
+
+
+def run_keras(opt, grads_seq, seed=0):
+    variables = make_variables(seed)
+    for grads in grads_seq:
+        opt.apply([tf.constant(g) for g in grads], variables)
+    return [v.numpy() for v in variables], opt
+
+
+def run_reference(step_fn, grads_seq, lr, seed=0, **kw):
+    w = [v.numpy().astype("float64") for v in make_variables(seed)]
+    u = [np.zeros_like(x) for x in w]
+    for t, grads in enumerate(grads_seq):
+        step_lr = lr(t) if callable(lr) else lr
+        w, u = step_fn(w, u, [g.astype("float64") for g in grads], step_lr, **kw)
+    return w, u
+
+
+NOT_NORM = [True, True, True, False]         # weight_decay_exclude=["gamma"]
+LARS_MASK = [True, False, True, False]       # default: biases and gamma excluded
+
+
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+@pytest.mark.parametrize(
+    "cls,step_fn",
+    [(SNGM, ref.sngm_step), (BlockSNGM, ref.block_sngm_step)],
+    ids=["SNGM", "BlockSNGM"],
+)
+def test_sngm_family_matches_reference(cls, step_fn, beta, mode, jit):
+    grads = random_grads(1)
+    opt = cls(learning_rate=0.05, momentum=beta, weight_decay=0.01, weight_decay_mode=mode,
+              weight_decay_exclude=["gamma"], jit_compile=jit)
+    got, opt = run_keras(opt, grads)
+    want, want_u = run_reference(step_fn, grads, 0.05, beta=beta, wd=0.01, mode=mode, decay_mask=NOT_NORM)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    for m, w in zip(opt.momentums, want_u):
+        np.testing.assert_allclose(m.numpy(), w, rtol=1e-5, atol=1e-6)
+    assert int(opt.iterations) == STEPS
+
+
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize("phi", ["identity", "clip"])
+def test_lars_matches_reference(phi, mode, jit):
+    grads = random_grads(2)
+    lo, hi = 0.5, 2.0
+    opt = LARS(learning_rate=0.5, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode,
+               trust_coefficient=0.02, phi=phi, phi_lower=lo, phi_upper=hi, jit_compile=jit)
+    got, _ = run_keras(opt, grads)
+    phi_fn = (lambda z: min(max(z, lo), hi)) if phi == "clip" else (lambda z: z)
+    want, _ = run_reference(ref.lars_step, grads, 0.5, beta=0.9, wd=0.01, mode=mode,
+                            decay_mask=LARS_MASK, trust_mask=LARS_MASK, eta=0.02, phi=phi_fn)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_lars_default_exclusions_follow_variable_path():
+    opt = LARS(learning_rate=0.1, weight_decay=1e-4)
+    variables = make_variables()
+    opt.build(variables)
+    assert opt._trusted == LARS_MASK
+    assert opt._decays == LARS_MASK
+    assert SNGM(weight_decay=1e-4).weight_decay_exclude == ()
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        keras.optimizers.schedules.PolynomialDecay(0.2, STEPS, end_learning_rate=0.0, power=1.1),
+        keras.optimizers.schedules.CosineDecay(0.2, STEPS),
+    ],
+    ids=["poly1.1", "cosine"],
+)
+def test_learning_rate_schedules(schedule):
+    grads = random_grads(3)
+    got, _ = run_keras(SNGM(learning_rate=schedule, momentum=0.9), grads)
+    if isinstance(schedule, keras.optimizers.schedules.PolynomialDecay):
+        lr = lambda t: 0.2 * (1 - t / STEPS) ** 1.1  # noqa: E731  the paper's eta_t = eta_0 (1 - t/T)^p
+    else:
+        lr = lambda t: 0.2 * 0.5 * (1 + np.cos(np.pi * t / STEPS))  # noqa: E731
+    want, _ = run_reference(ref.sngm_step, grads, lr, beta=0.9)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_lemma2_momentum_norm_bounded():
+    beta = 0.9
+    opt = SNGM(learning_rate=0.01, momentum=beta)
+    variables = make_variables()
+    rng = np.random.default_rng(7)
+    bound = 1.0 / (1.0 - beta)
+    norms = []
+    for t in range(200):
+        scale = 10.0 ** rng.uniform(-4, 4)  # gradients of wildly varying size
+        opt.apply([tf.constant(rng.normal(scale=scale, size=v.shape).astype("float32")) for v in variables], variables)
+        norms.append(np.sqrt(sum(np.sum(m.numpy() ** 2) for m in opt.momentums)))
+    assert max(norms) <= bound * (1 + 1e-6)
+    # Always-aligned gradients approach the bound, so the check is not vacuous.
+    for _ in range(200):
+        opt.apply([tf.ones(v.shape) for v in variables], variables)
+    assert np.sqrt(sum(np.sum(m.numpy() ** 2) for m in opt.momentums)) > 0.99 * bound
+
+
+def _minimize_1d(opt, x0, steps):
+    x = keras.Variable(np.array([x0], "float32"))
+    for _ in range(steps):
+        opt.apply([tf.constant(x.numpy() + 1.0)], [x])  # F(x) = (x + 1)^2 / 2
+    return float(x.numpy()[0])
+
+
+def test_paper_counterexample_lars_identity_goes_to_zero_sngm_to_minimum():
+    steps = 3000
+    # Small constant steps (overdamped with momentum 0.9): x_t shrinks geometrically to 0.
+    for beta, lr in [(0.0, 0.01), (0.9, 0.001)]:
+        lars = LARS(learning_rate=lr, momentum=beta, trust_coefficient=1.0, trust_ratio_exclude=[])
+        x_lars = _minimize_1d(lars, 1.0, steps)
+        assert 0.0 <= x_lars < 1e-3, (beta, x_lars)  # converged to the wrong point 0
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.1, steps, end_learning_rate=0.0, power=1.1)
+    x_sngm = _minimize_1d(SNGM(learning_rate=schedule, momentum=0.9), 1.0, steps)
+    assert abs(x_sngm + 1.0) < 1e-2, x_sngm       # reached the minimum -1
+    # The clipped phi keeps LARS moving: it leaves 0 behind and gets near -1.
+    x_clip = _minimize_1d(
+        LARS(learning_rate=schedule, momentum=0.9, trust_coefficient=1.0, phi="clip",
+             phi_lower=0.1, phi_upper=10.0, trust_ratio_exclude=[]), 1.0, steps)
+    assert abs(x_clip + 1.0) < 5e-2, x_clip
