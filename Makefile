@@ -23,7 +23,7 @@ $(BIN)/python:
 
 $(STAMP_BASE): $(BIN)/python requirements.txt requirements-dev.txt setup.py
 	$(BIN)/pip install -q "$(TF_PACKAGE)" -r requirements.txt -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=compat
 	touch $@
 
 $(STAMP_HVD): $(STAMP_BASE) tools/install_horovod.sh

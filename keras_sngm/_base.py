@@ -3,17 +3,17 @@
 All three are "momentum on a rescaled gradient":
 
     g_s  <- g_s + wd * w_s                 (weight_decay_mode="l2" only)
-    d_s  <- direction(g)_s                 (each algorithm's own rule)
+    d_s  <- c_s * g_s                      (c_s: each algorithm's scalar per variable)
     u_s  <- momentum * u_s + d_s
     w_s  <- w_s - lr * (u_s [+ wd * w_s])  ([...] for weight_decay_mode="decoupled")
 
-`direction` may need every variable's gradient at once (SNGM's global norm), but
+`c_s` may need every variable's gradient at once (SNGM's global norm), but
 Keras 3 calls `update_step` one variable at a time. The list-level hook is the
 TensorFlow optimizer's `_distributed_tf_update_step`: it runs after cross-replica
 all-reduce (tf.distribute), after loss-scale unscaling (LossScaleOptimizer) and after
 gradient accumulation, so the norm is always the norm of the averaged, unscaled,
-accumulated gradient, never a per-replica one. The whole list update runs as one
-(optionally XLA-compiled) `tf.function`.
+accumulated gradient, never a per-replica one. The norms are one read of g; the
+update is one (optionally XLA-fused) elementwise pass per variable.
 """
 
 import math
@@ -62,16 +62,15 @@ def _matches(patterns, variable):
 
 
 def squared_norm(x):
-    """Sum of squares of a tensor, accumulated in float32 (bf16/fp16 safe)."""
-    return tf.reduce_sum(tf.square(tf.cast(x, tf.float32)))
+    """Sum of squares in float32 (bf16/fp16 safe). `l2_loss` is one kernel, no temporary."""
+    return 2.0 * tf.nn.l2_loss(tf.cast(x, tf.float32))
 
 
 class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
     """Base class: momentum on a direction computed from all gradients at once.
 
-    Subclasses implement `_directions(grads, variables, indices)`, returning the list of
-    directions d_s and a scalar boolean that is False when the step must be skipped
-    (a NaN or Inf gradient).
+    Subclasses implement `_scales(grad_norms, variables, indices)`: one scalar c_s per
+    variable, the direction being d_s = c_s * g_s.
 
     Non-finite gradients: the step is skipped. Weights and momentum stay exactly as
     they were, `skipped_steps` (an optimizer variable, saved with the model) is
@@ -154,7 +153,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         momenta = [self.momentums[i].value for i in indices]
         learning_rate = tf.convert_to_tensor(learning_rate, tf.float32)  # a Keras Variable or a schedule's value
         if self._step_fn is None:
-            self._step_fn = tf.function(self._step, jit_compile=self.jit_compile, autograph=False)
+            self._step_fn = tf.function(self._step, autograph=False)
+            self._apply_fn = tf.function(self._apply, jit_compile=self.jit_compile, autograph=False)
 
         def per_device(_, grads, variables, momenta, skipped, learning_rate):
             # Runs once per device copy (once without tf.distribute).
@@ -171,19 +171,35 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         # Dense gradients: the momentum decays every row, so the update is dense anyway;
         # tf.convert_to_tensor sums repeated IndexedSlices indices, so norms are exact.
         grads = [tf.convert_to_tensor(g) for g in grads]
-        if self.weight_decay_mode == "l2":  # L2 term enters before the normalization
+        if self.weight_decay_mode == "l2":  # the L2 term enters before the normalization
             grads = [g + self.weight_decay * w if self._decays[i] else g for g, w, i in zip(grads, variables, indices)]
-        directions, finite = self._directions(grads, variables, indices)
-        for d, w, u, i in zip(directions, variables, momenta, indices):
-            u_new = self.momentum * u + tf.cast(d, u.dtype)           # u <- beta * u + d
-            step = u_new
-            if self.weight_decay_mode == "decoupled" and self._decays[i]:
-                step = step + self.weight_decay * w                   # outside the normalization
-            self.assign(u, tf.where(finite, u_new, u))
-            self.assign(w, tf.where(finite, w - tf.cast(learning_rate, w.dtype) * step, w))  # w <- w - lr * u
+        # Norms by TensorFlow's own reduction kernel: on CPU it is vectorized and threaded,
+        # about 3x faster than XLA's; under a whole-model XLA step XLA takes it anyway.
+        grad_norms = [tf.sqrt(squared_norm(g)) for g in grads]
+        finite = tf.reduce_all(tf.math.is_finite(tf.stack(grad_norms)))
+        scales = self._scales(grad_norms, variables, indices)
+        self._apply_fn(grads, variables, momenta, scales, finite, learning_rate, indices)
         self.assign_add(skipped, tf.cast(tf.logical_not(finite), skipped.dtype))
 
-    def _directions(self, grads, variables, indices):
+    def _apply(self, grads, variables, momenta, scales, finite, learning_rate, indices):
+        """One elementwise pass per variable (XLA-fused): read g, u, w; write u, w.
+
+        A skipped step becomes beta=1, lr=0, d=0 through three scalars, so no
+        per-element select on u or w is needed.
+        """
+        beta = tf.where(finite, self.momentum, 1.0)
+        lr = tf.where(finite, learning_rate, 0.0)
+        for g, w, u, c, i in zip(grads, variables, momenta, scales, indices):
+            d = tf.where(finite, g * tf.cast(c, g.dtype), tf.zeros_like(g))    # d_s = c_s * g_s
+            u_new = tf.cast(beta, u.dtype) * u + tf.cast(d, u.dtype)            # u <- beta * u + d
+            step = u_new
+            if self.weight_decay_mode == "decoupled" and self._decays[i]:
+                step = step + self.weight_decay * w                             # outside the normalization
+            self.assign(u, u_new)
+            self.assign_sub(w, tf.cast(lr, w.dtype) * step)                      # w <- w - lr * u
+
+    def _scales(self, grad_norms, variables, indices):
+        """Per-variable factors c_s with direction d_s = c_s * g_s (one scalar each)."""
         raise NotImplementedError
 
     def get_config(self):

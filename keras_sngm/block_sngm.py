@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_sngm._base import NormalizedMomentumOptimizer, squared_norm
+from keras_sngm._base import NormalizedMomentumOptimizer
 
 
 @keras.saving.register_keras_serializable(package="keras_sngm")
@@ -39,8 +39,5 @@ class BlockSNGM(NormalizedMomentumOptimizer):
         - [Zhao, Xie and Li, 2020](https://arxiv.org/abs/2007.13985), section 4.
     """
 
-    def _directions(self, grads, variables, indices):
-        norms = [tf.sqrt(squared_norm(g)) for g in grads]                 # ||g_s|| per block
-        finite = tf.reduce_all(tf.math.is_finite(tf.stack(norms)))
-        directions = [g * tf.cast(tf.math.divide_no_nan(1.0, n), g.dtype) for g, n in zip(grads, norms)]  # eq. (13)
-        return directions, finite
+    def _scales(self, grad_norms, variables, indices):
+        return [tf.math.divide_no_nan(1.0, n) for n in grad_norms]  # eq. (13): d_s = g_s / ||g_s||

@@ -120,18 +120,16 @@ class LARS(NormalizedMomentumOptimizer):
             return tf.clip_by_value(z, self.phi_lower, self.phi_upper)  # min(max(z, lower), upper)
         return z
 
-    def _directions(self, grads, variables, indices):
-        g_norms = [tf.sqrt(squared_norm(g)) for g in grads]
-        directions = []
-        for g, w, g_norm, i in zip(grads, variables, g_norms, indices):
+    def _scales(self, grad_norms, variables, indices):
+        scales = []
+        for g_norm, w, i in zip(grad_norms, variables, indices):
+            ratio = tf.constant(1.0)
             if self._trusted[i]:
-                p = self._phi(tf.sqrt(squared_norm(w)))
-                ratio = tf.where(
-                    (p > 0) & (g_norm > 0), self.trust_coefficient * p / (g_norm + self.epsilon), 1.0
-                )  # phi(||w_s||) / ||g_s||
-                g = g * tf.cast(ratio, g.dtype)
-            directions.append(g)
-        return directions, tf.reduce_all(tf.math.is_finite(tf.stack(g_norms)))
+                p = self._phi(tf.sqrt(squared_norm(w)))                        # phi(||w_s||)
+                trust = self.trust_coefficient * p / (g_norm + self.epsilon)   # / ||g_s||
+                ratio = tf.where((p > 0) & (g_norm > 0), trust, 1.0)
+            scales.append(ratio)
+        return scales
 
     def get_config(self):
         config = super().get_config()

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_sngm._base import NormalizedMomentumOptimizer, squared_norm
+from keras_sngm._base import NormalizedMomentumOptimizer
 
 
 @keras.saving.register_keras_serializable(package="keras_sngm")
@@ -51,7 +51,7 @@ class SNGM(NormalizedMomentumOptimizer):
           Normalized Gradient Descent with Momentum for Large-Batch Training".
     """
 
-    def _directions(self, grads, variables, indices):
-        norm = tf.sqrt(tf.add_n([squared_norm(g) for g in grads]))   # ||g_t||, all variables
-        inv = tf.math.divide_no_nan(1.0, norm)                         # zero gradient -> zero step
-        return [g * tf.cast(inv, g.dtype) for g in grads], tf.math.is_finite(norm)  # eq. (7)
+    def _scales(self, grad_norms, variables, indices):
+        norm = tf.sqrt(tf.add_n([n * n for n in grad_norms]))   # ||g_t|| over all variables
+        c = tf.math.divide_no_nan(1.0, norm)                     # eq. (7): d = g / ||g||; 0 if g = 0
+        return [c] * len(grad_norms)

@@ -1,0 +1,117 @@
+"""Multi-process behaviour under the real launcher: horovodrun --gloo -np 2 on loopback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+pytestmark = pytest.mark.slow
+
+
+def horovodrun(args, timeout=420, np_=2):
+    if shutil.which("horovodrun", path=BIN) is None:
+        pytest.skip("horovodrun not installed (make install builds Horovod)")
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [os.path.join(BIN, "horovodrun"), "--gloo", "-np", str(np_), "-H", f"localhost:{np_}", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def sngm_train(args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_horovod_layer_inside_workers(tmp_path):
+    proc = horovodrun([sys.executable, "tests/hvd_check.py", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["size"] == r1["size"] == 2
+    assert r0["before_broadcast"] != r1["before_broadcast"]  # really different before
+    for a, b in zip(r0["after_broadcast"], r1["after_broadcast"]):
+        np.testing.assert_array_equal(a, b)
+    # Different data on each rank, yet identical weights: gradients were averaged.
+    for a, b in zip(r0["trainable_after_fit"], r1["trainable_after_fit"]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert r0["updates"] == 3 and r0["allreduce_calls"] == 3  # 6 micro-batches, one allreduce per update
+    np.testing.assert_allclose(r0["dense_mean"], np.full((2, 2), 1.5))
+    np.testing.assert_allclose(r0["sparse_mean_dense"], [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]])
+    assert r0["none_kept"]
+    assert r0["averaged_logs"] == r1["averaged_logs"] == {"loss": 1.5, "accuracy": 0.25}
+
+
+def assert_close_to_scale(got, want, rtol=1e-5):
+    """Norm-wise relative error over all trainables: ||got - want|| <= rtol ||want||.
+    (Summation order differs between 1 and 2 processes; near-zero entries such as
+    fresh biases cannot match element by element.)"""
+    g = np.concatenate([np.ravel(x) for x in got])
+    w = np.concatenate([np.ravel(x) for x in want])
+    assert g.shape == w.shape
+    err = np.linalg.norm(g - w) / np.linalg.norm(w)
+    assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
+    assert np.max(np.abs(g - w)) < 1e-4
+
+
+def _load_trainable(run_dir, model_fn):
+    import keras
+
+    model = model_fn()
+    model.load_weights(os.path.join(run_dir, "ckpt-00001", "model.weights.h5"))
+    return [w.numpy() for w in model.trainable_weights]
+
+
+RESNET = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "256", "--num-classes", "4",
+          "--epochs", "1", "--steps-per-epoch", "3", "--lr", "0.3", "--seed", "3", "--no-verbose", "--log-every", "1"]
+
+
+@pytest.mark.parametrize("optimizer", ["sngm", "lars"])
+def test_resnet_two_workers_equal_one_process(tmp_path, optimizer):
+    """2 workers x micro-batch 16 == 1 process x 2 micro-batches of 16 (global batch 32).
+    (BatchNorm normalizes per micro-batch, so the reference keeps the micro-batch.)"""
+    flags = RESNET + ["--optimizer", optimizer, "--batch-size", "32", "--micro-batch", "16"]
+    one = sngm_train(flags + ["--logdir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--logdir", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    from trainers.models.resnet import cifar_resnet
+
+    a = _load_trainable(tmp_path / "one", lambda: cifar_resnet(8, 4))
+    b = _load_trainable(tmp_path / "two", lambda: cifar_resnet(8, 4))
+    assert_close_to_scale(b, a)
+    h1 = json.load(open(tmp_path / "one" / "history.json"))["history"]
+    h2 = json.load(open(tmp_path / "two" / "history.json"))["history"]
+    # Averaged training metrics equal the one-process ones. (Validation uses each
+    # worker's own BatchNorm moving statistics, which Horovod does not average.)
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("optimizer", ["sngm", "lars"])
+def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
+    from trainers.data import planted_ctr
+
+    data = tmp_path / "ctr"
+    planted_ctr.generate(str(data), 512, 256, seed=1)
+    flags = ["deepfm", "--data", str(data / "train.tsv"), "--test-data", str(data / "test.tsv"), "--optimizer", optimizer,
+             "--batch-size", "128", "--epochs", "1", "--steps-per-epoch", "3", "--hash-space", "512", "--embedding-dim", "4",
+             "--hidden", "16", "16", "--lr", "0.1", "--shuffle-buffer", "256", "--no-verbose"]
+    one = sngm_train(flags + ["--micro-batch", "128", "--logdir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--micro-batch", "64", "--logdir", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    from trainers.models.deepfm import deepfm
+
+    a = _load_trainable(tmp_path / "one", lambda: deepfm(512, 4, (16, 16)))
+    b = _load_trainable(tmp_path / "two", lambda: deepfm(512, 4, (16, 16)))
+    assert_close_to_scale(b, a)
+    h1 = json.load(open(tmp_path / "one" / "history.json"))["history"]
+    h2 = json.load(open(tmp_path / "two" / "history.json"))["history"]
+    for key in ("loss", "logloss", "val_auc", "val_logloss"):
+        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=key)

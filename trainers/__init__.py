@@ -1,0 +1,1 @@
+"""Horovod data-parallel trainers for large-batch training with keras_sngm."""

@@ -1,0 +1,92 @@
+"""The training driver shared by every trainer: plain `model.fit`, with the Horovod
+layer (`trainers.distributed`) around the optimizer and in the callbacks."""
+
+import dataclasses
+import json
+import os
+
+import keras
+
+from trainers import checkpoint, distributed, recipes
+from trainers.callbacks import ProgressLogger
+
+
+RESNET_KEYS = {"depth", "dataset", "data_dir", "tfds_dir", "download", "image_size", "num_classes", "train_subset",
+               "test_subset", "augment"}
+DEEPFM_KEYS = {"data", "test_data", "train_rows", "hash_space", "embedding_dim", "hidden", "dropout", "shuffle_buffer",
+               "skip_bad_rows"}
+OTHER_TASK_KEYS = {"resnet": DEEPFM_KEYS, "deepfm": RESNET_KEYS}
+
+
+def check_batch(global_batch, workers, micro_batch):
+    """Returns micro-batches per update; the global batch must split evenly."""
+    if global_batch <= 0 or micro_batch <= 0:
+        raise ValueError(f"--batch-size and --micro-batch must be positive. Received: {global_batch}, {micro_batch}")
+    if global_batch % (workers * micro_batch):
+        raise ValueError(
+            f"--batch-size {global_batch} is not divisible by workers x micro-batch = {workers} x {micro_batch} "
+            f"= {workers * micro_batch}: choose a global batch that is a multiple of {workers * micro_batch}.")
+    return global_batch // (workers * micro_batch)
+
+
+def train(cfg, task_cls):
+    """Trains `task_cls(cfg)` as `cfg` says; returns (history dict, model, task)."""
+    distributed.init()
+    if cfg.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    rank, size = distributed.rank(), distributed.size()
+    k = check_batch(cfg.batch_size, size, cfg.micro_batch)
+    task = task_cls(cfg)
+    updates_per_epoch = cfg.steps_per_epoch or task.num_train // cfg.batch_size
+    if updates_per_epoch < 1:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {task.num_train} training examples.")
+    task.micro_steps_per_epoch = updates_per_epoch * k
+    lr = cfg.lr * (size if cfg.scale_lr else 1)  # linear scaling with the number of workers
+    schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
+                                int(cfg.warmup_epochs * updates_per_epoch))
+    inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient)
+    opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression)  # HVD averaging
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = task.model()
+    # No whole-model XLA: Horovod's ops are not XLA ops; the optimizers compile their own update.
+    model.compile(optimizer=opt, loss=task.loss, metrics=task.metrics(), jit_compile=False)
+    opt.build(model.trainable_variables)
+
+    run_dir = cfg.logdir
+    first_epoch = 0
+    if cfg.resume:
+        path = checkpoint.latest(run_dir) if rank == 0 else None
+        if rank == 0 and path:
+            first_epoch = checkpoint.restore(path, model, opt)["epoch"]
+        first_epoch = distributed.broadcast_object(first_epoch)  # HVD: every rank resumes at rank 0's epoch
+    resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
+                "updates_per_epoch": updates_per_epoch, "effective_lr": lr, "parameters": model.count_params(),
+                "first_epoch": first_epoch, **task.describe()}
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=1, default=str)
+        if cfg.verbose:
+            shown = {k: v for k, v in resolved.items() if k not in OTHER_TASK_KEYS[task.name]}
+            print("sngm-train configuration:\n" + "\n".join(f"  {k:>24}: {v}" for k, v in shown.items()), flush=True)
+
+    callbacks = [distributed.BroadcastCallback(), distributed.MetricAverageCallback(),  # HVD
+                 ProgressLogger(run_dir, cfg.batch_size, k, cfg.log_every, write=rank == 0)]
+    if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
+        callbacks += [checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}),
+                      keras.callbacks.TensorBoard(run_dir, update_freq=cfg.log_every * k, write_graph=False)]
+    history = model.fit(
+        task.train_dataset(first_epoch, rank, size, cfg.micro_batch),  # HVD: sharded by rank
+        epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
+        validation_data=task.eval_dataset(), callbacks=callbacks,
+        shuffle=False,  # the datasets shuffle themselves, reproducibly
+        verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
+    if task.name == "deepfm" and task.bad_rows is not None and rank == 0:
+        print(f"skipped {task.bad_rows.count} malformed rows (--skip-bad-rows)", flush=True)
+    if rank == 0:
+        with open(os.path.join(run_dir, "history.json"), "w") as f:
+            json.dump({"first_epoch": first_epoch, "history": history.history}, f, indent=1)
+    return history.history, model, task

@@ -1,0 +1,105 @@
+"""What each trainer trains: model, loss, metrics and data, behind one small interface."""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from trainers.data import criteo, images
+from trainers.models import deepfm, resnet
+
+
+class ResNetTask:
+    name = "resnet"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        if cfg.dataset == "synthetic":
+            x, y = images.synthetic(cfg.train_subset or 4096, cfg.image_size, cfg.num_classes or 10, cfg.seed)
+            self.train, self.test, self.num_classes = (x, y), (x[:256], y[:256]), cfg.num_classes or 10
+            self.source = "synthetic random images"
+        else:
+            self.train, self.test, self.num_classes, self.source = images.load(
+                cfg.dataset, cfg.data_dir, cfg.tfds_dir, cfg.download, cfg.image_size)
+            self.train = _subset(self.train, cfg.train_subset, cfg.seed)
+            self.test = _subset(self.test, cfg.test_subset, cfg.seed + 1)
+        self.image_size = self.train[0].shape[1]
+        self.num_train = len(self.train[0])
+
+    def model(self):
+        return resnet.build(self.cfg.depth, self.num_classes, self.image_size)
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def train_dataset(self, first_epoch, rank, size, micro_batch):
+        return images.train_dataset(*self.train, self.num_classes, micro_batch, self.cfg.seed, first_epoch, rank, size,
+                                    augment=self.cfg.augment, micro_steps=self.micro_steps_per_epoch)
+
+    def eval_dataset(self):
+        return images.eval_dataset(*self.test, self.num_classes, self.cfg.eval_batch)
+
+    def describe(self):
+        return {"data_source": self.source, "train_examples": self.num_train, "test_examples": len(self.test[0]),
+                "classes": self.num_classes, "image_size": self.image_size}
+
+
+def _subset(data, n, seed):
+    """A class-stratified-by-chance fixed subset (the same for every optimizer and batch size)."""
+    x, y = data
+    if not n or n >= len(x):
+        return data
+    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
+    return x[idx], y[idx]
+
+
+class DeepFMTask:
+    name = "deepfm"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.train_files = criteo.resolve_files(cfg.data)
+        self.test_files = criteo.resolve_files(cfg.test_data) if cfg.test_data else None
+        self.num_train = cfg.train_rows or criteo.count_rows(self.train_files)
+        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_rows else None
+        truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
+        self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
+
+    def model(self):
+        c = self.cfg
+        return deepfm.deepfm(c.hash_space, c.embedding_dim, tuple(c.hidden), c.dropout)
+
+    loss = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def metrics(self):
+        return [keras.metrics.AUC(from_logits=True, num_thresholds=2000, name="auc"),
+                keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss")]
+
+    def train_dataset(self, first_epoch, rank, size, micro_batch):
+        # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
+        c = self.cfg
+        per_epoch = [criteo.dataset(self.train_files, micro_batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows,
+                                    c.shuffle_buffer, c.seed, e).take(self.micro_steps_per_epoch)
+                     for e in range(first_epoch, max(c.epochs, first_epoch + 1))]
+        ds = per_epoch[0]
+        for more in per_epoch[1:]:
+            ds = ds.concatenate(more)
+        return ds
+
+    def eval_dataset(self):
+        if not self.test_files:
+            return None
+        return criteo.dataset(self.test_files, self.cfg.eval_batch, self.cfg.hash_space, skip_bad_rows=self.cfg.skip_bad_rows,
+                              counter=self.bad_rows, drop_remainder=False)
+
+    def describe(self):
+        d = {"train_files": self.train_files, "test_files": self.test_files, "train_rows_found": self.num_train}
+        if self.truth:
+            d["best_test_auc"] = self.truth.get("best_test_auc")
+        return d
+
+
+TASKS = {"resnet": ResNetTask, "deepfm": DeepFMTask}
