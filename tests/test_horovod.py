@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,16 +60,15 @@ def assert_close_to_scale(got, want, rtol=1e-5):
     assert np.max(np.abs(g - w)) < 1e-4
 
 
-def _load_trainable(run_dir, model_fn):
-    import keras
-
+def _load_trainable(run_dir, model_fn, ckpt="ckpt-00001"):
     model = model_fn()
-    model.load_weights(os.path.join(run_dir, "ckpt-00001", "model.weights.h5"))
+    model.load_weights(os.path.join(run_dir, ckpt, "model.weights.h5"))
     return [w.numpy() for w in model.trainable_weights]
 
 
-RESNET = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "256", "--num-classes", "4",
-          "--epochs", "1", "--steps-per-epoch", "3", "--lr", "0.3", "--seed", "3", "--no-verbose", "--log-every", "1"]
+BASE = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "256", "--num-classes", "4", "--seed", "3",
+        "--lr", "0.3", "--no-verbose", "--log-every", "1"]
+RESNET = BASE + ["--epochs", "1", "--steps-per-epoch", "3"]
 
 
 @pytest.mark.parametrize("optimizer", ["sngm", "lars"])
@@ -115,3 +115,57 @@ def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
     h2 = json.load(open(tmp_path / "two" / "history.json"))["history"]
     for key in ("loss", "logloss", "val_auc", "val_logloss"):
         np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=key)
+
+
+def test_worker_death_stops_job_and_keeps_last_checkpoint(tmp_path):
+    import psutil
+
+    from trainers import checkpoint
+
+    if shutil.which("horovodrun", path=BIN) is None:
+        pytest.skip("horovodrun not installed")
+    run = tmp_path / "run"
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [os.path.join(BIN, "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2", os.path.join(BIN, "sngm-train"),
+           *BASE, "--epochs", "200", "--steps-per-epoch", "2", "--batch-size", "32", "--micro-batch", "16",
+           "--logdir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(checkpoint.list_checkpoints(run)) < 2:
+            assert proc.poll() is None and time.time() < deadline, "training did not reach its second checkpoint"
+            time.sleep(0.5)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "sngm-train" in " ".join(p.cmdline()) and p.environ().get("HOROVOD_RANK") == "1"]
+        assert workers, "rank 1 not found"
+        workers[0].kill()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0
+    import keras  # the newest complete checkpoint still loads
+
+    from trainers.models.resnet import cifar_resnet
+    from trainers import distributed, recipes
+
+    model = cifar_resnet(8, 4)
+    inner = recipes.optimizer("sngm", recipes.schedule("poly", 0.3, 400), weight_decay=1e-4)  # as the trainer built it
+    opt = distributed.DistributedOptimizer(inner, accumulation_steps=1)
+    model.compile(optimizer=opt, loss="mse")
+    state = checkpoint.restore(checkpoint.latest(run), model, opt)
+    assert state["epoch"] >= 2 and keras.ops.all(keras.ops.isfinite(model.weights[0].value))
+
+
+def test_two_worker_resume_within_tolerance(tmp_path):
+    flags = BASE + ["--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "32", "--micro-batch", "16"]
+    hvd = lambda extra: horovodrun([os.path.join(BIN, "sngm-train"), *flags, *extra])  # noqa: E731
+    for extra in (["--logdir", str(tmp_path / "a")], ["--logdir", str(tmp_path / "b"), "--stop-after", "1"],
+                  ["--logdir", str(tmp_path / "b"), "--resume"]):
+        proc = hvd(extra)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    from trainers.models.resnet import cifar_resnet
+
+    a = _load_trainable(tmp_path / "a", lambda: cifar_resnet(8, 4), "ckpt-00003")
+    b = _load_trainable(tmp_path / "b", lambda: cifar_resnet(8, 4), "ckpt-00003")
+    assert_close_to_scale(b, a, rtol=1e-4)

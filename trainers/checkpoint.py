@@ -101,6 +101,6 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        if done % self.every == 0 or done == self.params.get("epochs"):
+        if done % self.every == 0 or done == self.params.get("epochs"):  # (fit's epochs: includes --stop-after)
             save(self.run_dir, self.model, self.model.optimizer, done, self.keep,
                  {**self.extra, "logs": {k: float(v) for k, v in (logs or {}).items()}})

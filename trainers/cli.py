@@ -9,6 +9,7 @@
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ class Config:
     # --- run directory ---
     logdir: str = "runs/default"   # checkpoints, TensorBoard events, config.json, history.json
     resume: bool = False           # continue from the latest checkpoint in logdir
+    stop_after: int = 0            # end this invocation after N epochs (job time limits); schedule still spans --epochs
     ckpt_every: int = 1            # epochs between checkpoints (the last epoch is always saved)
     keep: int = 3                  # checkpoints kept
     log_every: int = 50            # updates between step-level TensorBoard points
@@ -117,11 +119,12 @@ def main(argv=None):
         print(f"sngm-train: error: {e}", file=sys.stderr)
         return 2
     except tf.errors.InvalidArgumentError as e:
-        if "Malformed Criteo row" in str(e):
-            msg = [ln for ln in str(e).splitlines() if "Malformed Criteo row" in ln][0]
-            print(f"sngm-train: error: {msg.strip()}", file=sys.stderr)
-            return 2
-        raise
+        m = re.search(r"\[Malformed Criteo row:\] \[(.*?)\] \[line\] \[(\d+)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
+        if not m:
+            raise
+        path, line, reason, hint = m.groups()
+        print(f"sngm-train: error: malformed Criteo row in {path}, line {line}: {reason} {hint}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -57,6 +57,8 @@ def train(cfg, task_cls):
 
     run_dir = cfg.logdir
     first_epoch = 0
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1. Received: {cfg.epochs}")
     if cfg.resume:
         path = checkpoint.latest(run_dir) if rank == 0 else None
         if rank == 0 and path:
@@ -80,7 +82,7 @@ def train(cfg, task_cls):
                       keras.callbacks.TensorBoard(run_dir, update_freq=cfg.log_every * k, write_graph=False)]
     history = model.fit(
         task.train_dataset(first_epoch, rank, size, cfg.micro_batch),  # HVD: sharded by rank
-        epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
+        epochs=min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
         validation_data=task.eval_dataset(), callbacks=callbacks,
         shuffle=False,  # the datasets shuffle themselves, reproducibly
         verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
