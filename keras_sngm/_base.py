@@ -80,6 +80,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
 
     # Regexes (on variable.path) excluded from weight decay when the user passes none.
     default_weight_decay_exclude = ()
+    # Per-variable vectors kept by `_step` (subclasses: "block_grad_norms", "trust_ratios").
+    per_variable_diagnostics = ()
 
     def __init__(
         self,
@@ -89,6 +91,7 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         weight_decay_mode="l2",
         weight_decay_exclude=None,
         jit_compile=True,
+        diagnostics_every=100,
         name=None,
         **kwargs,
     ):
@@ -123,6 +126,9 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         self.weight_decay_mode = weight_decay_mode
         self.weight_decay_exclude = _check_patterns("weight_decay_exclude", weight_decay_exclude)
         self.jit_compile = bool(jit_compile)
+        if isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int) or diagnostics_every < 0:
+            raise ValueError(f"`diagnostics_every` must be an int >= 0. Received: diagnostics_every={diagnostics_every!r}")
+        self.diagnostics_every = diagnostics_every
         self._step_fn = None
 
     def build(self, variables):
@@ -131,6 +137,12 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         super().build(variables)
         self.momentums = self.add_optimizer_variables(variables, "momentum")
         self.skipped_steps = self.add_variable(shape=(), dtype="int64", name="skipped_steps")
+        # Diagnostics (non-trainable, saved with the optimizer; see `diagnostics()`).
+        self._state = {"skipped_steps": self.skipped_steps}
+        for name in ("grad_norm", "momentum_norm", "update_norm"):
+            self._state[name] = self.add_variable(shape=(), dtype="float32", name=name)
+        for name in self.per_variable_diagnostics:
+            self._state[name] = self.add_variable(shape=(len(variables),), dtype="float32", name=name)
         self._decays = [
             self.weight_decay > 0 and self._use_weight_decay(v) and not _matches(self.weight_decay_exclude, v)
             for v in variables
@@ -156,18 +168,18 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
             self._step_fn = tf.function(self._step, autograph=False)
             self._apply_fn = tf.function(self._apply, jit_compile=self.jit_compile, autograph=False)
 
-        def per_device(_, grads, variables, momenta, skipped, learning_rate):
+        state = {k: v.value for k, v in self._state.items()}
+        step = tf.convert_to_tensor(self._iterations)
+
+        def per_device(_, grads, variables, momenta, state, learning_rate, step):
             # Runs once per device copy (once without tf.distribute).
-            self._step_fn(grads, variables, momenta, skipped, learning_rate, indices)
+            self._step_fn(grads, variables, momenta, state, learning_rate, step, indices)
 
         distribution.extended.update(
-            variables[0],
-            per_device,
-            args=(grads, variables, momenta, self.skipped_steps.value, learning_rate),
-            group=False,
+            variables[0], per_device, args=(grads, variables, momenta, state, learning_rate, step), group=False
         )
 
-    def _step(self, grads, variables, momenta, skipped, learning_rate, indices):
+    def _step(self, grads, variables, momenta, state, learning_rate, step, indices):
         # Dense gradients: the momentum decays every row, so the update is dense anyway;
         # tf.convert_to_tensor sums repeated IndexedSlices indices, so norms are exact.
         grads = [tf.convert_to_tensor(g) for g in grads]
@@ -179,7 +191,44 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         finite = tf.reduce_all(tf.math.is_finite(tf.stack(grad_norms)))
         scales = self._scales(grad_norms, variables, indices)
         self._apply_fn(grads, variables, momenta, scales, finite, learning_rate, indices)
-        self.assign_add(skipped, tf.cast(tf.logical_not(finite), skipped.dtype))
+        self.assign_add(state["skipped_steps"], tf.cast(tf.logical_not(finite), tf.int64))
+        self._record(state, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices)
+
+    def _record(self, state, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices):
+        """Diagnostics: what is already computed is stored every step (free); the
+        momentum and update norms cost one more read of u, so every `diagnostics_every`
+        steps only."""
+        self.assign(state["grad_norm"], tf.sqrt(tf.add_n([n * n for n in grad_norms])))
+        at = tf.constant([[i] for i in indices])
+        if "block_grad_norms" in state:
+            self.assign(state["block_grad_norms"], tf.tensor_scatter_nd_update(state["block_grad_norms"], at, tf.stack(grad_norms)))
+        if "trust_ratios" in state:
+            self.assign(state["trust_ratios"], tf.tensor_scatter_nd_update(state["trust_ratios"], at, tf.stack(scales)))
+        if not self.diagnostics_every:
+            return
+
+        def momentum_and_update_norms():
+            u_sq = tf.add_n([squared_norm(u) for u in momenta])
+            self.assign(state["momentum_norm"], tf.sqrt(u_sq))  # ||u_t|| (Lemma 2: <= 1/(1-beta))
+            lr = tf.where(finite, learning_rate, 0.0)
+            if self.weight_decay_mode == "decoupled":  # step = u + wd w_old = (u + wd w_new) / (1 - lr wd)
+                u_sq = tf.add_n([squared_norm((u + self.weight_decay * w) / (1.0 - lr * self.weight_decay))
+                                 if self._decays[i] else squared_norm(u) for u, w, i in zip(momenta, variables, indices)])
+            self.assign(state["update_norm"], lr * tf.sqrt(u_sq))  # ||w_t - w_{t+1}||
+            return tf.constant(True)
+
+        tf.cond(step % self.diagnostics_every == 0, momentum_and_update_norms, lambda: tf.constant(False))
+
+    def diagnostics(self):
+        """The latest diagnostics as NumPy values: grad_norm (||g_t||, after L2 decay),
+        momentum_norm (||u_t||), momentum_norm_bound (1/(1-beta)), update_norm
+        (||w_{t+1} - w_t||), skipped_steps, and the per-variable vectors of
+        `per_variable_diagnostics` (in `optimizer.variables` order of the model's
+        trainable variables). momentum/update norms are refreshed every
+        `diagnostics_every` steps."""
+        out = {k: v.numpy() for k, v in self._state.items()}
+        out["momentum_norm_bound"] = 1.0 / (1.0 - self.momentum)
+        return out
 
     def _apply(self, grads, variables, momenta, scales, finite, learning_rate, indices):
         """One elementwise pass per variable (XLA-fused): read g, u, w; write u, w.
@@ -210,6 +259,7 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
                 "weight_decay_mode": self.weight_decay_mode,
                 "weight_decay_exclude": list(self.weight_decay_exclude),
                 "jit_compile": self.jit_compile,
+                "diagnostics_every": self.diagnostics_every,
             }
         )
         return config

@@ -32,12 +32,17 @@ class BlockSNGM(NormalizedMomentumOptimizer):
             Defaults to `()`.
         jit_compile: whether the update is one XLA-compiled function.
             Defaults to `True`.
+        diagnostics_every: int >= 0; the momentum and update norms kept for
+            `diagnostics()` are refreshed every this many steps (one more read of
+            the momentum); 0 turns them off. Defaults to `100`.
         name: String. The name of the optimizer. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
 
     References:
         - [Zhao, Xie and Li, 2020](https://arxiv.org/abs/2007.13985), section 4.
     """
+
+    per_variable_diagnostics = ("block_grad_norms",)
 
     def _scales(self, grad_norms, variables, indices):
         return [tf.math.divide_no_nan(1.0, n) for n in grad_norms]  # eq. (13): d_s = g_s / ||g_s||

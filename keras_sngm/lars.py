@@ -48,6 +48,9 @@ class LARS(NormalizedMomentumOptimizer):
             normalization parameters.
         jit_compile: whether the update is one XLA-compiled function.
             Defaults to `True`.
+        diagnostics_every: int >= 0; the momentum and update norms kept for
+            `diagnostics()` are refreshed every this many steps (one more read of
+            the momentum); 0 turns them off. Defaults to `100`.
         name: String. The name of the optimizer. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
 
@@ -58,6 +61,7 @@ class LARS(NormalizedMomentumOptimizer):
     """
 
     default_weight_decay_exclude = BIAS_AND_NORM_PATTERNS
+    per_variable_diagnostics = ("block_grad_norms", "trust_ratios")
 
     def __init__(
         self,
@@ -73,6 +77,7 @@ class LARS(NormalizedMomentumOptimizer):
         phi_upper=10.0,
         trust_ratio_exclude=BIAS_AND_NORM_PATTERNS,
         jit_compile=True,
+        diagnostics_every=100,
         name=None,
         **kwargs,
     ):
@@ -99,6 +104,7 @@ class LARS(NormalizedMomentumOptimizer):
             weight_decay_mode=weight_decay_mode,
             weight_decay_exclude=weight_decay_exclude,
             jit_compile=jit_compile,
+            diagnostics_every=diagnostics_every,
             name=name,
             **kwargs,
         )

@@ -42,6 +42,9 @@ class SNGM(NormalizedMomentumOptimizer):
             matches one get no weight decay. Defaults to `()`.
         jit_compile: whether the update of all variables is one XLA-compiled
             function. Defaults to `True`.
+        diagnostics_every: int >= 0; the momentum and update norms kept for
+            `diagnostics()` are refreshed every this many steps (one more read of
+            the momentum); 0 turns them off. Defaults to `100`.
         name: String. The name of the optimizer. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`
             (`gradient_accumulation_steps`, `loss_scale_factor`, `use_ema`, ...).

@@ -57,7 +57,7 @@ def assert_close_to_scale(got, want, rtol=1e-5):
     assert g.shape == w.shape
     err = np.linalg.norm(g - w) / np.linalg.norm(w)
     assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
-    assert np.max(np.abs(g - w)) < 1e-4
+    assert np.max(np.abs(g - w)) <= 10 * rtol * np.max(np.abs(w))  # and no single outlier
 
 
 def _load_trainable(run_dir, model_fn, ckpt="ckpt-00001"):
@@ -68,7 +68,7 @@ def _load_trainable(run_dir, model_fn, ckpt="ckpt-00001"):
 
 BASE = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "256", "--num-classes", "4", "--seed", "3",
         "--lr", "0.3", "--no-verbose", "--log-every", "1"]
-RESNET = BASE + ["--epochs", "1", "--steps-per-epoch", "3"]
+RESNET = BASE + ["--epochs", "1", "--steps-per-epoch", "3", "--diagnostics-every", "1"]
 
 
 @pytest.mark.parametrize("optimizer", ["sngm", "lars"])
@@ -91,6 +91,11 @@ def test_resnet_two_workers_equal_one_process(tmp_path, optimizer):
     # worker's own BatchNorm moving statistics, which Horovod does not average.)
     for key in ("loss", "accuracy"):
         np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=key)
+    # The noise scale from the 2 workers' gradients equals the one from the one
+    # process's 2 micro-batches (same examples in the same small batches).
+    assert np.isfinite(h1["noise_scale"][0]) and h1["noise_scale"][0] != 0
+    np.testing.assert_allclose(h2["noise_scale"], h1["noise_scale"], rtol=1e-3)
+    np.testing.assert_allclose(h2["grad_norm"], h1["grad_norm"], rtol=1e-4)
 
 
 @pytest.mark.parametrize("optimizer", ["sngm", "lars"])
@@ -151,19 +156,22 @@ def test_worker_death_stops_job_and_keeps_last_checkpoint(tmp_path):
 
     model = cifar_resnet(8, 4)
     inner = recipes.optimizer("sngm", recipes.schedule("poly", 0.3, 400), weight_decay=1e-4)  # as the trainer built it
-    opt = distributed.DistributedOptimizer(inner, accumulation_steps=1)
+    opt = distributed.DistributedOptimizer(inner, accumulation_steps=1, micro_batch_size=16)  # 1 worker now, 2 then
     model.compile(optimizer=opt, loss="mse")
     state = checkpoint.restore(checkpoint.latest(run), model, opt)
     assert state["epoch"] >= 2 and keras.ops.all(keras.ops.isfinite(model.weights[0].value))
 
 
-def test_two_worker_resume_within_tolerance(tmp_path):
+def test_resume_with_two_workers_within_tolerance(tmp_path):
+    """Uninterrupted on 2 workers == 1 epoch in one process, then resumed on 2 workers
+    (checkpoints do not depend on the worker count)."""
     flags = BASE + ["--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "32", "--micro-batch", "16"]
-    hvd = lambda extra: horovodrun([os.path.join(BIN, "sngm-train"), *flags, *extra])  # noqa: E731
-    for extra in (["--logdir", str(tmp_path / "a")], ["--logdir", str(tmp_path / "b"), "--stop-after", "1"],
-                  ["--logdir", str(tmp_path / "b"), "--resume"]):
-        proc = hvd(extra)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--logdir", str(tmp_path / "a")])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = sngm_train(flags + ["--logdir", str(tmp_path / "b"), "--stop-after", "1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--logdir", str(tmp_path / "b"), "--resume"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     from trainers.models.resnet import cifar_resnet
 
     a = _load_trainable(tmp_path / "a", lambda: cifar_resnet(8, 4), "ckpt-00003")

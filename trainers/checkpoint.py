@@ -37,7 +37,7 @@ def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
     tmp = os.path.join(run_dir, f".tmp-ckpt-{epoch:05d}-{os.getpid()}")
     os.makedirs(tmp)
     model.save_weights(os.path.join(tmp, "model.weights.h5"))
-    opt_vars = optimizer.variables
+    opt_vars = _optimizer_state(optimizer)
     with open(os.path.join(tmp, "optimizer.npz"), "wb") as f:
         np.savez(f, **{str(i): v.numpy() for i, v in enumerate(opt_vars)})
     state = {"epoch": epoch, "optimizer_variables": [v.path for v in opt_vars], **(extra or {})}
@@ -60,7 +60,7 @@ def restore(path, model, optimizer):
         state = json.load(f)
     model.load_weights(os.path.join(path, "model.weights.h5"))
     optimizer.build(model.trainable_variables)
-    opt_vars = optimizer.variables
+    opt_vars = _optimizer_state(optimizer)
     with np.load(os.path.join(path, "optimizer.npz")) as data:
         if len(data.files) != len(opt_vars):
             raise ValueError(
@@ -77,6 +77,12 @@ def restore(path, model, optimizer):
         for i, v in enumerate(opt_vars):
             v.assign(data[str(i)])
     return state
+
+
+def _optimizer_state(optimizer):
+    """What to checkpoint: `checkpoint_variables()` where the optimizer defines it
+    (trainers.distributed.DistributedOptimizer), else all its variables."""
+    return optimizer.checkpoint_variables() if hasattr(optimizer, "checkpoint_variables") else optimizer.variables
 
 
 def latest(run_dir):

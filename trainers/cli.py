@@ -43,6 +43,7 @@ class Config:
     ckpt_every: int = 1            # epochs between checkpoints (the last epoch is always saved)
     keep: int = 3                  # checkpoints kept
     log_every: int = 50            # updates between step-level TensorBoard points
+    diagnostics_every: int = 50    # updates between diagnostics (norms, noise scale); 0 = off
     verbose: bool = True           # rank 0 prints the configuration and per-epoch lines
     eval_batch: int = 1000         # evaluation batch (no gradients: memory is not the limit)
     # --- resnet ---

@@ -12,6 +12,9 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_sngm import noise_scale
+from keras_sngm._base import squared_norm
+
 try:
     import horovod.tensorflow as hvd  # HVD
 except ImportError:  # pragma: no cover - exercised on machines without Horovod
@@ -101,7 +104,9 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
     With `accumulation_steps=k`, gradients of k micro-batches are summed locally and
     averaged over processes once per update (one allreduce per update, not per
     micro-batch); the inner optimizer then sees the mean gradient of the global batch
-    and steps once. Checkpoints hold the accumulators and the inner optimizer state.
+    and steps once. Checkpoints (`checkpoint_variables()`) hold the inner optimizer state
+    and the noise-scale averages, not the accumulators: a run can resume on another
+    number of workers.
 
     Args:
         inner_optimizer: the `keras.optimizers.Optimizer` that updates the weights.
@@ -110,6 +115,12 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             Defaults to `"none"`.
         sparse_as_dense: reduce `IndexedSlices` gradients as dense tensors.
             Defaults to `False`.
+        micro_batch_size: examples in one micro-batch on one worker. When given and
+            there are several micro-batches per update (accumulation or workers), the
+            gradient noise scale is estimated from the micro-batch gradients and the
+            averaged one (see `noise_scale()`); its one scalar travels in the same
+            allreduce as the gradients. Defaults to `None` (off).
+        noise_ema: EMA decay of the noise-scale estimates. Defaults to `0.95`.
         name: String. Defaults to `None`.
 
     References:
@@ -117,14 +128,20 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
           fast and easy distributed deep learning in TensorFlow".
     """
 
-    def __init__(self, inner_optimizer, accumulation_steps=1, compression="none", sparse_as_dense=False, name=None):
+    def __init__(self, inner_optimizer, accumulation_steps=1, compression="none", sparse_as_dense=False,
+                 micro_batch_size=None, noise_ema=0.95, name=None):
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise ValueError(f"`inner_optimizer` must be a keras.optimizers.Optimizer. Received: inner_optimizer={inner_optimizer!r}")
         if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
             raise ValueError(f"`accumulation_steps` must be an int >= 1. Received: accumulation_steps={accumulation_steps!r}")
         if compression not in COMPRESSIONS:
             raise ValueError(f"`compression` must be one of {COMPRESSIONS}. Received: compression={compression!r}")
+        if micro_batch_size is not None and (isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1):
+            raise ValueError(f"`micro_batch_size` must be an int >= 1 or None. Received: micro_batch_size={micro_batch_size!r}")
+        if not 0 <= noise_ema < 1:
+            raise ValueError(f"`noise_ema` must be in [0, 1). Received: noise_ema={noise_ema!r}")
         super().__init__(learning_rate=0.0, name=name)
+        self.micro_batch_size, self.noise_ema = micro_batch_size, float(noise_ema)
         self.inner_optimizer = inner_optimizer
         self.accumulation_steps = accumulation_steps
         self.compression = compression
@@ -137,7 +154,22 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         if self.accumulation_steps > 1:
             self.micro_step = self.add_variable(shape=(), dtype="int64", name="micro_step")
             self.accumulators = self.add_optimizer_variables(var_list, "accumulator")
+        # Micro-batch gradients per update over all workers: the noise-scale ratio B_b/B_s.
+        # The noise state exists whenever asked for, so checkpoints do not depend on the
+        # number of workers; it is updated only when there are two batch sizes (ratio > 1).
+        self._ratio = self.accumulation_steps * size()
+        self._noise = {}
+        if self.micro_batch_size:
+            for name in ("small_sq_sum", "g2", "trace", "g2_ema", "trace_ema", "ema_weight"):
+                self._noise[name] = self.add_variable(shape=(), dtype="float32", name=f"noise_{name}")
         super().build(var_list)
+
+    def checkpoint_variables(self):
+        """The state worth saving: the inner optimizer's and the noise-scale EMAs. The
+        accumulators and counters are zero at update boundaries and depend on the number
+        of workers, so they are left out: a run can resume on another worker count."""
+        keep = ("g2", "trace", "g2_ema", "trace_ema", "ema_weight")
+        return self.inner_optimizer.variables + [self._noise[k] for k in keep if k in self._noise]
 
     @property
     def variables(self):
@@ -151,9 +183,11 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             self.build(trainable_variables)
         pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
-        reduce = lambda gs: allreduce_gradients(gs, self.compression, self.sparse_as_dense)  # noqa: E731
+        estimate = bool(self._noise) and self._ratio > 1
+        if estimate:  # |g_micro|^2 of this worker's micro-batch gradient
+            self._noise["small_sq_sum"].assign_add(tf.add_n([squared_norm(tf.convert_to_tensor(g)) for g in grads]))
         if self.accumulation_steps == 1:
-            self.inner_optimizer.apply(reduce(grads), variables)
+            self._update(grads, variables)
             return
         accs = [self.accumulators[self._get_variable_index(v)] for v in variables]
         for acc, g in zip(accs, grads):
@@ -161,13 +195,44 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self.micro_step.assign_add(1)
 
         def update():
-            mean = [acc / self.accumulation_steps for acc in accs]
-            self.inner_optimizer.apply(reduce(mean), variables)
+            self._update([acc / self.accumulation_steps for acc in accs], variables)
             for acc in accs:
                 acc.assign(tf.zeros_like(acc))
             return tf.constant(True)
 
         tf.cond(self.micro_step % self.accumulation_steps == 0, update, lambda: tf.constant(False))
+
+    def _update(self, grads, variables):
+        """Averages `grads` (this worker's mean over its micro-batches) over workers and
+        steps the inner optimizer once."""
+        if not (self._noise and self._ratio > 1):
+            self.inner_optimizer.apply(allreduce_gradients(grads, self.compression, self.sparse_as_dense), variables)
+            return
+        small = self._noise["small_sq_sum"] / self.accumulation_steps
+        reduced = allreduce_gradients(grads + [tf.reshape(small, [1])], self.compression, self.sparse_as_dense)
+        small, grads = reduced[-1][0], reduced[:-1]  # mean |g_micro|^2 over all micro-batches
+        big = tf.add_n([squared_norm(tf.convert_to_tensor(g)) for g in grads])  # |g_global|^2
+        g2, trace = noise_scale.unbiased_estimates(small, big, self.micro_batch_size, self.micro_batch_size * self._ratio)
+        n, a = self._noise, self.noise_ema
+        n["g2"].assign(g2)
+        n["trace"].assign(trace)
+        n["g2_ema"].assign(a * n["g2_ema"] + (1 - a) * g2)
+        n["trace_ema"].assign(a * n["trace_ema"] + (1 - a) * trace)
+        n["ema_weight"].assign(a * n["ema_weight"] + (1 - a))
+        n["small_sq_sum"].assign(0.0)
+        self.inner_optimizer.apply(grads, variables)
+
+    def noise_scale(self):
+        """{"g2", "trace"} (EMAs, bias-corrected), "b_simple" (the critical batch size
+        estimate), "diversity_bound" (Yin et al.'s n * Delta), "batch" (B in use);
+        or None when off (no micro_batch_size, or one micro-batch per update in all)."""
+        if not self._noise or self._ratio < 2:
+            return None
+        w = max(float(self._noise["ema_weight"].numpy()), 1e-12)
+        g2, trace = self._noise["g2_ema"].numpy() / w, self._noise["trace_ema"].numpy() / w
+        b_simple, bound = (float(x) for x in noise_scale.critical_batch(g2, trace))
+        return {"g2": float(g2), "trace": float(trace), "b_simple": b_simple, "diversity_bound": bound,
+                "batch": self.micro_batch_size * self._ratio}
 
     @property
     def learning_rate(self):
@@ -194,6 +259,8 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             "accumulation_steps": self.accumulation_steps,
             "compression": self.compression,
             "sparse_as_dense": self.sparse_as_dense,
+            "micro_batch_size": self.micro_batch_size,
+            "noise_ema": self.noise_ema,
         }
 
     @classmethod

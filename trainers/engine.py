@@ -8,7 +8,7 @@ import os
 import keras
 
 from trainers import checkpoint, distributed, recipes
-from trainers.callbacks import ProgressLogger
+from trainers.callbacks import DiagnosticsLogger, ProgressLogger
 
 
 RESNET_KEYS = {"depth", "dataset", "data_dir", "tfds_dir", "download", "image_size", "num_classes", "train_subset",
@@ -47,7 +47,8 @@ def train(cfg, task_cls):
     schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
                                 int(cfg.warmup_epochs * updates_per_epoch))
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient)
-    opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression)  # HVD averaging
+    opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
+                                           micro_batch_size=cfg.micro_batch)
 
     keras.utils.set_random_seed(cfg.seed)
     model = task.model()
@@ -77,6 +78,8 @@ def train(cfg, task_cls):
 
     callbacks = [distributed.BroadcastCallback(), distributed.MetricAverageCallback(),  # HVD
                  ProgressLogger(run_dir, cfg.batch_size, k, cfg.log_every, write=rank == 0)]
+    if cfg.diagnostics_every:
+        callbacks.append(DiagnosticsLogger(run_dir, cfg.batch_size, cfg.diagnostics_every, write=rank == 0))
     if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
         callbacks += [checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}),
                       keras.callbacks.TensorBoard(run_dir, update_freq=cfg.log_every * k, write_graph=False)]

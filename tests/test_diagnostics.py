@@ -1,0 +1,153 @@
+"""Diagnostics: optimizer state, TensorBoard logging, gradient noise scale."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import reference as ref
+from keras_sngm import LARS, SNGM, BlockSNGM, noise_scale
+from trainers.callbacks import DiagnosticsLogger
+from trainers.distributed import DistributedOptimizer
+
+
+def _vars(seed=0):
+    rng = np.random.default_rng(seed)
+    with keras.name_scope("dense"):
+        k = keras.Variable(rng.normal(size=(4, 3)).astype("float32"), name="kernel")
+        b = keras.Variable(rng.normal(size=(3,)).astype("float32"), name="bias")
+    return [k, b]
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize("cls", [SNGM, BlockSNGM, LARS])
+def test_optimizer_diagnostics_match_reference(cls, mode):
+    variables = _vars()
+    w = [v.numpy().astype("float64") for v in variables]
+    u = [np.zeros_like(x) for x in w]
+    kw = dict(learning_rate=0.1, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode)
+    opt = cls(diagnostics_every=1, trust_coefficient=0.05, **kw) if cls is LARS else cls(diagnostics_every=1, **kw)
+    rng = np.random.default_rng(1)
+    mask = [True, False] if cls is LARS else [True, True]
+    for _ in range(4):
+        g = [rng.normal(size=x.shape) for x in w]
+        opt.apply([tf.constant(x.astype("float32")) for x in g], variables)
+        g_eff = [gi + 0.01 * wi if (mode == "l2" and m) else gi for gi, wi, m in zip(g, w, mask)]
+        w_before = w
+        if cls is SNGM:
+            w, u = ref.sngm_step(w, u, g, 0.1, 0.9, 0.01, mode)
+        elif cls is BlockSNGM:
+            w, u = ref.block_sngm_step(w, u, g, 0.1, 0.9, 0.01, mode)
+        else:
+            w, u = ref.lars_step(w, u, g, 0.1, 0.9, 0.01, mode, decay_mask=mask, trust_mask=mask, eta=0.05)
+        d = opt.diagnostics()
+        np.testing.assert_allclose(d["grad_norm"], np.sqrt(sum(np.sum(x * x) for x in g_eff)), rtol=1e-5)
+        np.testing.assert_allclose(d["momentum_norm"], np.sqrt(sum(np.sum(x * x) for x in u)), rtol=1e-5)
+        step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(w_before, w)))
+        np.testing.assert_allclose(d["update_norm"], step, rtol=1e-4)
+        assert d["momentum_norm_bound"] == pytest.approx(10.0)
+        if cls is not SNGM:
+            np.testing.assert_allclose(d["block_grad_norms"], [np.linalg.norm(x) for x in g_eff], rtol=1e-5)
+        if cls is LARS:
+            want = 0.05 * np.linalg.norm(w_before[0]) / np.linalg.norm(g_eff[0])
+            np.testing.assert_allclose(d["trust_ratios"], [want, 1.0], rtol=1e-5)
+
+
+def test_diagnostics_every_zero_skips_momentum_norm():
+    variables = _vars()
+    opt = SNGM(learning_rate=0.1, diagnostics_every=0)
+    opt.apply([tf.ones((4, 3)), tf.ones(3)], variables)
+    assert opt.diagnostics()["momentum_norm"] == 0.0 and opt.diagnostics()["grad_norm"] == pytest.approx(np.sqrt(15))
+    with pytest.raises(ValueError, match="diagnostics_every=-1"):
+        SNGM(diagnostics_every=-1)
+
+
+def _read_scalars(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+            for tag in acc.Tags()["tensors"] if tag.startswith("diagnostics/") and "norms" not in tag and "ratios" not in tag}
+
+
+def test_logged_values_equal_independent_replay(tmp_path):
+    """Linear regression trained by fit; NumPy replays the same micro-batches and
+    recomputes every logged quantity from its own gradients."""
+    d, b, k, steps, lr, beta, ema = 5, 8, 2, 6, 0.05, 0.9, 0.5
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(b * k * steps, d)).astype("float32")
+    y = (x @ rng.normal(size=(d, 1)) + rng.normal(size=(len(x), 1))).astype("float32")
+    w0 = rng.normal(size=(d, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False)])
+    model.layers[0].kernel.assign(w0)
+    opt = DistributedOptimizer(SNGM(lr, momentum=beta), accumulation_steps=k, micro_batch_size=b, noise_ema=ema)
+    model.compile(optimizer=opt, loss="mse", jit_compile=False)
+    model.fit(x, y, batch_size=b, epochs=1, shuffle=False, verbose=0,
+              callbacks=[DiagnosticsLogger(str(tmp_path), b * k, every=1)])
+    logged = _read_scalars(tmp_path / "train")
+
+    w, u = [w0.astype("float64")], [np.zeros((d, 1))]
+    g2e = tre = wt = 0.0
+    for t in range(steps):
+        micro = []
+        for j in range(k):
+            xb, yb = x[(t * k + j) * b:(t * k + j + 1) * b].astype("float64"), y[(t * k + j) * b:(t * k + j + 1) * b]
+            micro.append(2.0 / b * xb.T @ (xb @ w[0] - yb))  # d/dw mean((xw - y)^2)
+        g = sum(micro) / k
+        small, big = np.mean([np.sum(m * m) for m in micro]), np.sum(g * g)
+        g2 = (b * k * big - b * small) / (b * k - b)
+        tr = (small - big) / (1 / b - 1 / (b * k))
+        g2e, tre, wt = ema * g2e + (1 - ema) * g2, ema * tre + (1 - ema) * tr, ema * wt + (1 - ema)
+        w_prev = w
+        w, u = ref.sngm_step(w, u, [g], lr, beta)
+        s = t + 1
+        np.testing.assert_allclose(logged["diagnostics/grad_norm"][s], np.linalg.norm(g), rtol=1e-4)
+        np.testing.assert_allclose(logged["diagnostics/momentum_norm"][s], np.linalg.norm(u[0]), rtol=1e-4)
+        np.testing.assert_allclose(logged["diagnostics/update_norm"][s], np.linalg.norm(w[0] - w_prev[0]), rtol=1e-4)
+        np.testing.assert_allclose(logged["diagnostics/noise_g2"][s], g2e / wt, rtol=1e-3)
+        np.testing.assert_allclose(logged["diagnostics/noise_trace_sigma"][s], tre / wt, rtol=1e-3)
+        np.testing.assert_allclose(logged["diagnostics/noise_scale"][s], tre / g2e, rtol=1e-3)
+        assert logged["diagnostics/momentum_norm_bound"][s] == pytest.approx(1 / (1 - beta))
+        assert logged["diagnostics/batch_size"][s] == b * k
+    assert sorted(logged["diagnostics/grad_norm"]) == list(range(1, steps + 1))
+
+
+def test_msgd_effective_learning_rate_and_temperature(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=DistributedOptimizer(keras.optimizers.SGD(0.2, momentum=0.9)), loss="mse")
+    model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=8, verbose=0, callbacks=[DiagnosticsLogger(str(tmp_path), 8, every=1)])
+    logged = _read_scalars(tmp_path / "train")
+    assert logged["diagnostics/effective_lr"][1] == pytest.approx(0.2 / 0.1)
+    assert logged["diagnostics/temperature"][1] == pytest.approx(0.2 / (8 * 0.1))
+
+
+def test_noise_scale_recovers_truth_on_gaussian_linear_regression():
+    """x ~ N(0, I_d), y = x.w* + eps, eps ~ N(0, s^2), loss mean((x.w - y)^2) at fixed w:
+    per-example gradient 2 x (x.r - eps) with r = w - w*, so |G|^2 = 4|r|^2 and
+    tr(Sigma) = 4((d + 1)|r|^2 + d s^2) (Isserlis). Weights stay fixed (lr = 0)."""
+    d, s, b, k, updates = 10, 1.0, 16, 8, 400
+    rng = np.random.default_rng(0)
+    w_star = rng.normal(size=(d, 1))
+    r = rng.normal(size=(d, 1))
+    r /= np.linalg.norm(r)  # |r| = 1
+    true_g2, true_tr = 4.0, 4.0 * ((d + 1) + d * s * s)
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False)])
+    model.layers[0].kernel.assign((w_star + r).astype("float32"))
+    opt = DistributedOptimizer(keras.optimizers.SGD(0.0), accumulation_steps=k, micro_batch_size=b, noise_ema=0.995)
+    model.compile(optimizer=opt, loss="mse", jit_compile=False)
+    n = b * k * updates
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = (x @ w_star + s * rng.normal(size=(n, 1))).astype("float32")
+    model.fit(x, y, batch_size=b, epochs=1, shuffle=False, verbose=0)
+    est = opt.noise_scale()
+    assert est["batch"] == b * k
+    assert est["g2"] == pytest.approx(true_g2, rel=0.15)
+    assert est["trace"] == pytest.approx(true_tr, rel=0.15)
+    assert est["b_simple"] == pytest.approx(true_tr / true_g2, rel=0.2)  # critical batch 21
+    assert est["diversity_bound"] == pytest.approx(1 + est["b_simple"])
+
+
+def test_unbiased_estimators_closed_form():
+    g2, tr = noise_scale.unbiased_estimates(tf.constant(4.0 + 84.0 / 16), tf.constant(4.0 + 84.0 / 128), 16, 128)
+    assert float(g2) == pytest.approx(4.0) and float(tr) == pytest.approx(84.0)
