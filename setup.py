@@ -19,7 +19,8 @@ setup(
         # Horovod must be built against the installed TensorFlow: see tools/install_horovod.sh.
         "horovod": ["horovod==0.28.1"],
         "datasets": ["tensorflow-datasets>=4.9"],
-        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "study": ["matplotlib"],
+        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "psutil"],
     },
     entry_points={"console_scripts": ["sngm-train=trainers.cli:main"]},
 )

@@ -123,12 +123,11 @@ def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
 
 
 def test_worker_death_stops_job_and_keeps_last_checkpoint(tmp_path):
+    if shutil.which("horovodrun", path=BIN) is None:
+        pytest.skip("horovodrun not installed")
     import psutil
 
     from trainers import checkpoint
-
-    if shutil.which("horovodrun", path=BIN) is None:
-        pytest.skip("horovodrun not installed")
     run = tmp_path / "run"
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [os.path.join(BIN, "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2", os.path.join(BIN, "sngm-train"),

@@ -4,6 +4,7 @@
         --micro-batch 128 --lr 1.6 --schedule poly --power 1.1 --epochs 160 --logdir runs/x
     horovodrun -np 4 sngm-train deepfm --data train.tsv --test-data test.tsv --optimizer sngm ...
     sngm-train gen-criteo --out data/planted --train-rows 200000 --test-rows 50000
+    sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar   (see `sngm-train study -h`)
 """
 
 import argparse
@@ -57,9 +58,11 @@ class Config:
     train_subset: int = 0          # use a fixed random subset of the training set (CPU studies); 0 = all
     test_subset: int = 0           # likewise for the test set
     augment: bool = True           # pad-4 random crop + horizontal flip
+    validation_split: float = 0.0  # hold out this fraction of the training set (fixed draw) to tune on, not the test set
     # --- deepfm ---
     data: str = ""                 # Criteo TSV/CSV file, directory or glob
     test_data: str = ""            # held-out Criteo file(s) for AUC / log loss
+    val_data: str = ""             # validation file(s) to tune on; then test data is evaluated once, at the end
     train_rows: int = 0            # rows in --data if known (skips a counting pass)
     hash_space: int = 2**18        # buckets shared by the 26 categorical fields
     embedding_dim: int = 16        # FM/DNN embedding size
@@ -90,10 +93,12 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     for task in ("resnet", "deepfm"):
         _add_config_flags(sub.add_parser(task, help=f"train {task}"), task)
+    sub.add_parser("study", help="a grid of runs: optimizers x batch sizes x seeds (sngm-train study -h)", add_help=False)
     gen = sub.add_parser("gen-criteo", help="write Criteo-format data with a planted ground truth")
     gen.add_argument("--out", required=True)
     gen.add_argument("--train-rows", type=int, default=200_000)
     gen.add_argument("--test-rows", type=int, default=50_000)
+    gen.add_argument("--val-rows", type=int, default=0)
     gen.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -103,11 +108,16 @@ def config_from_args(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:
+        from trainers import study
+
+        return study.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "gen-criteo":
         from trainers.data import planted_ctr
 
-        print(planted_ctr.generate(args.out, args.train_rows, args.test_rows, args.seed))
+        print(planted_ctr.generate(args.out, args.train_rows, args.test_rows, args.seed, args.val_rows))
         return 0
     import tensorflow as tf
 

@@ -12,9 +12,9 @@ from trainers.callbacks import DiagnosticsLogger, ProgressLogger
 
 
 RESNET_KEYS = {"depth", "dataset", "data_dir", "tfds_dir", "download", "image_size", "num_classes", "train_subset",
-               "test_subset", "augment"}
-DEEPFM_KEYS = {"data", "test_data", "train_rows", "hash_space", "embedding_dim", "hidden", "dropout", "shuffle_buffer",
-               "skip_bad_rows"}
+               "test_subset", "augment", "validation_split"}
+DEEPFM_KEYS = {"data", "test_data", "val_data", "train_rows", "hash_space", "embedding_dim", "hidden", "dropout",
+               "shuffle_buffer", "skip_bad_rows"}
 OTHER_TASK_KEYS = {"resnet": DEEPFM_KEYS, "deepfm": RESNET_KEYS}
 
 
@@ -91,7 +91,15 @@ def train(cfg, task_cls):
         verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
     if task.name == "deepfm" and task.bad_rows is not None and rank == 0:
         print(f"skipped {task.bad_rows.count} malformed rows (--skip-bad-rows)", flush=True)
+    final = {k: v[-1] for k, v in history.history.items() if k.startswith("val_")}
+    test = task.test_dataset()
+    if test is not None:  # tuned on validation data: the test set is looked at once, here
+        final.update({f"test_{k}": float(v) for k, v in model.evaluate(test, return_dict=True, verbose=0).items()})
+    elif final:
+        final.update({"test_" + k[4:]: v for k, v in list(final.items())})  # the per-epoch evaluation was the test set
     if rank == 0:
         with open(os.path.join(run_dir, "history.json"), "w") as f:
             json.dump({"first_epoch": first_epoch, "history": history.history}, f, indent=1)
+        with open(os.path.join(run_dir, "final.json"), "w") as f:  # written last: marks a finished run
+            json.dump({**final, "epochs": cfg.epochs, "epochs_done": first_epoch + len(history.history.get("loss", []))}, f, indent=1)
     return history.history, model, task

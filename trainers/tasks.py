@@ -22,8 +22,17 @@ class ResNetTask:
         else:
             self.train, self.test, self.num_classes, self.source = images.load(
                 cfg.dataset, cfg.data_dir, cfg.tfds_dir, cfg.download, cfg.image_size)
-            self.train = _subset(self.train, cfg.train_subset, cfg.seed)
-            self.test = _subset(self.test, cfg.test_subset, cfg.seed + 1)
+            self.train = _subset(self.train, cfg.train_subset, 0)  # the same subset for every seed and optimizer
+            self.test = _subset(self.test, cfg.test_subset, 1)
+        self.val = None
+        if cfg.validation_split:
+            if not 0 < cfg.validation_split < 1:
+                raise ValueError(f"--validation-split must be in (0, 1). Received: {cfg.validation_split}")
+            x, y = self.train
+            idx = np.random.default_rng(2).permutation(len(x))  # a fixed draw: every run tunes on the same examples
+            cut = int(round(len(x) * cfg.validation_split))
+            self.val = (x[idx[:cut]], y[idx[:cut]])
+            self.train = (x[np.sort(idx[cut:])], y[np.sort(idx[cut:])])
         self.image_size = self.train[0].shape[1]
         self.num_train = len(self.train[0])
 
@@ -40,10 +49,16 @@ class ResNetTask:
                                     augment=self.cfg.augment, micro_steps=self.micro_steps_per_epoch)
 
     def eval_dataset(self):
-        return images.eval_dataset(*self.test, self.num_classes, self.cfg.eval_batch)
+        """Evaluated every epoch: the validation split when there is one, else the test set."""
+        return images.eval_dataset(*(self.val or self.test), self.num_classes, self.cfg.eval_batch)
+
+    def test_dataset(self):
+        """Evaluated once after training when a validation split was used for tuning."""
+        return images.eval_dataset(*self.test, self.num_classes, self.cfg.eval_batch) if self.val else None
 
     def describe(self):
         return {"data_source": self.source, "train_examples": self.num_train, "test_examples": len(self.test[0]),
+                "validation_examples": len(self.val[0]) if self.val else 0,
                 "classes": self.num_classes, "image_size": self.image_size}
 
 
@@ -63,6 +78,7 @@ class DeepFMTask:
         self.cfg = cfg
         self.train_files = criteo.resolve_files(cfg.data)
         self.test_files = criteo.resolve_files(cfg.test_data) if cfg.test_data else None
+        self.val_files = criteo.resolve_files(cfg.val_data) if cfg.val_data else None
         self.num_train = cfg.train_rows or criteo.count_rows(self.train_files)
         self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_rows else None
         truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
@@ -89,11 +105,17 @@ class DeepFMTask:
             ds = ds.concatenate(more)
         return ds
 
+    def _eval(self, files):
+        return criteo.dataset(files, self.cfg.eval_batch, self.cfg.hash_space, skip_bad_rows=self.cfg.skip_bad_rows,
+                              counter=self.bad_rows, drop_remainder=False) if files else None
+
     def eval_dataset(self):
-        if not self.test_files:
-            return None
-        return criteo.dataset(self.test_files, self.cfg.eval_batch, self.cfg.hash_space, skip_bad_rows=self.cfg.skip_bad_rows,
-                              counter=self.bad_rows, drop_remainder=False)
+        """Evaluated every epoch: --val-data when given, else --test-data."""
+        return self._eval(self.val_files or self.test_files)
+
+    def test_dataset(self):
+        """Evaluated once after training when --val-data was used for tuning."""
+        return self._eval(self.test_files) if self.val_files else None
 
     def describe(self):
         d = {"train_files": self.train_files, "test_files": self.test_files, "train_rows_found": self.num_train}

@@ -84,15 +84,16 @@ class PlantedModel:
         return rows, y, p
 
 
-def generate(out_dir, train_rows, test_rows, seed=0):
-    """Writes train.tsv, test.tsv (raw Criteo format) and truth.json; returns the truth."""
+def generate(out_dir, train_rows, test_rows, seed=0, val_rows=0):
+    """Writes train.tsv, [val.tsv,] test.tsv (raw Criteo format) and truth.json."""
     if train_rows < 1 or test_rows < 2:
         raise ValueError(f"need train_rows >= 1 and test_rows >= 2. Received: train_rows={train_rows}, test_rows={test_rows}")
     os.makedirs(out_dir, exist_ok=True)
     model = PlantedModel(seed)
     rng = np.random.default_rng(seed + 2)
     truth = {"seed": seed, "train_rows": train_rows, "test_rows": test_rows}
-    for name, n in (("train", train_rows), ("test", test_rows)):
+    splits = [("train", train_rows)] + ([("val", val_rows)] if val_rows else []) + [("test", test_rows)]
+    for name, n in splits:
         rows, y, p = model.sample(n, rng)
         tmp = os.path.join(out_dir, f".{name}.tsv.tmp")
         with open(tmp, "w") as f:
