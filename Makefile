@@ -10,12 +10,13 @@ HOROVOD     ?= 1
 STAMP_BASE  := $(VENV)/.stamp-base
 STAMP_HVD   := $(VENV)/.stamp-horovod
 
-.PHONY: install test test-fast demo bench clean help
+.PHONY: install test test-fast demo bench study clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make study  - the CPU large-batch studies behind docs/results.md (about 30 minutes)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,12 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/optimizer_step.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/throughput.py
+	$(BIN)/python bench/diagnostics_overhead.py
+
+study: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-ctr --out runs/study-cpu-ctr
 
 clean:
 	rm -rf $(VENV) build *.egg-info
