@@ -41,7 +41,7 @@ PRESETS = {
     # fixed 12,000-image subset (10% of it for validation), 4,000 test images, 8 epochs,
     # B = 128 and 2048 (the largest batch is 1/5 of the data, as 8192 is 1/6 of CIFAR-10).
     "cpu-cifar": dict(task="resnet", optimizers=["msgd", "sngm"], batch_sizes=[128, 2048], seeds=[0],
-                      lr_factors=[0.5, 1.0, 2.0],
+                      lr_factors=[0.25, 0.5, 1.0, 2.0],
                       flags=["--depth", "8", "--dataset", "cifar10", "--train-subset", "12000", "--test-subset", "4000",
                              "--validation-split", "0.1", "--micro-batch", "128", "--epochs", "8", "--momentum", "0.9",
                              "--weight-decay", "1e-4", "--schedule", "poly", "--power", "1.1"]),
@@ -64,6 +64,8 @@ def run_cell(task, flags, run_dir, np_, log):
     if os.path.isfile(os.path.join(run_dir, "final.json")):
         return True
     resume = ["--resume"] if os.path.isdir(run_dir) and any(n.startswith("ckpt-") for n in os.listdir(run_dir)) else []
+    if not resume and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: start clean (no stale event files)
     exe = os.path.join(os.path.dirname(sys.executable), "sngm-train")
     cmd = [exe, task, *flags, "--logdir", run_dir, "--no-verbose", *resume]
     if np_ > 1:

@@ -103,7 +103,7 @@ class DeepFMTask:
         ds = per_epoch[0]
         for more in per_epoch[1:]:
             ds = ds.concatenate(more)
-        return ds
+        return ds.repeat()  # fit stops after epochs x steps; Keras may look one batch ahead
 
     def _eval(self, files):
         return criteo.dataset(files, self.cfg.eval_batch, self.cfg.hash_space, skip_bad_rows=self.cfg.skip_bad_rows,
