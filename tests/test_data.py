@@ -182,6 +182,8 @@ def test_criteo_malformed_row_error_names_file_and_line(tmp_path):
     counter = criteo.BadRowCounter()
     assert len(rows_of(p, skip_bad_rows=True, counter=counter)) == 4
     assert counter.count == 1
+    rows_of(p, skip_bad_rows=True, counter=counter)  # a second epoch over the same file
+    assert counter.count == 1, "a row read twice is one malformed row"
     p2 = tmp_path / "bad2.tsv"
     p2.write_text("2\t1\n" + "\t".join(["0"] * 41) + "\n")
     counter = criteo.BadRowCounter()

@@ -1,6 +1,9 @@
-"""`sngm-train study` end to end on a tiny grid; a re-run skips finished cells."""
+"""`sngm-train study`: the learning-rate sweep procedure on hand-made run directories,
+and end to end on a tiny grid; a re-run skips finished cells."""
 
 import csv
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -8,20 +11,69 @@ import sys
 
 import pytest
 
+from trainers import study as st
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.slow
+
+
+def test_next_lr_steps_past_the_end_holding_the_best():
+    f = [0.3, 1.0, 3.0]
+    assert st.next_lr({0.3: 0.7, 1.0: 0.8, 3.0: 0.75}, f) is None  # best inside
+    assert st.next_lr({0.3: 0.7, 1.0: 0.8, 3.0: 0.85}, f) == 9.0  # best at the top: x3
+    assert st.next_lr({0.3: 0.9, 1.0: 0.8, 3.0: -math.inf}, f) == 0.09  # best at the bottom: / (1/0.3)
+    assert st.next_lr({0.3: 0.8, 1.0: 0.8, 3.0: 0.8}, f) == 0.09  # ties go to the smaller lr
+    assert st.next_lr({0.3: -math.inf, 1.0: -math.inf, 3.0: -math.inf}, f) == 0.09  # all diverged: go lower
+
+
+def _fake_run(out, o, b, lr, val, loss=0.5):
+    d = out / "runs" / st.cell_name(o, b, lr, 0)
+    d.mkdir(parents=True)
+    (d / "final.json").write_text(json.dumps({"val_auc": val, "test_auc": val - 0.01, "test_loss": loss}))
+    (d / "history.json").write_text(json.dumps({"history": {"loss": [loss]}}))
+
+
+def test_sweep_extends_the_same_way_for_every_optimizer_and_report_marks_divergence(tmp_path):
+    spec = dict(task="deepfm", optimizers=["msgd", "sngm"], batch_sizes=[1024], seeds=[0], lr_factors=[0.5, 1.0, 2.0],
+                extend_edges=2)
+    base = {o: st.base_lr(o, 1024, "deepfm") for o in spec["optimizers"]}
+    # msgd: the top two diverge, the best is at the bottom -> the sweep goes down, twice, and stops
+    for f, val, loss in [(0.5, 0.70, 0.5), (1.0, math.nan, math.nan), (2.0, 0.0, math.nan), (0.25, 0.72, 0.5),
+                         (0.125, 0.71, 0.5)]:
+        _fake_run(tmp_path, "msgd", 1024, round(base["msgd"] * f, 6), val, loss)
+    # sngm: best inside -> no extension
+    for f, val in [(0.5, 0.70), (1.0, 0.78), (2.0, 0.74)]:
+        _fake_run(tmp_path, "sngm", 1024, round(base["sngm"] * f, 6), val)
+    trained = []
+    lrs = st.sweep(spec, str(tmp_path), "msgd", 1024, run_missing=lambda lr, s: trained.append(lr))
+    assert sorted(lrs) == sorted(round(base["msgd"] * f, 6) for f in (0.125, 0.25, 0.5, 1.0, 2.0)) and trained == []
+    assert sorted(st.sweep(spec, str(tmp_path), "sngm", 1024)) == sorted(round(base["sngm"] * f, 6) for f in (0.5, 1, 2))
+    # a missing extension is trained when running; a report stops the sweep there
+    low = round(base["msgd"] * 0.125, 6)
+    shutil.rmtree(tmp_path / "runs" / st.cell_name("msgd", 1024, low, 0))
+    asked = []
+    st.sweep(spec, str(tmp_path), "msgd", 1024, run_missing=lambda lr, s: asked.append(lr))
+    assert asked == [low]
+    assert len(st.report(spec, str(tmp_path))) == 7
+    _fake_run(tmp_path, "msgd", 1024, low, 0.71)
+    rows = st.report(spec, str(tmp_path))
+    chosen = {r["optimizer"]: r for r in rows if r["selected"]}
+    assert chosen["msgd"]["lr"] == round(base["msgd"] * 0.25, 6) and chosen["sngm"]["lr"] == round(base["sngm"], 6)
+    assert [r["diverged"] for r in rows if r["optimizer"] == "msgd"].count(True) == 2
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| diverged | diverged |") == 2 and "extended up to 2 step(s)" in table
 
 
 def study(out, *extra):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [os.path.join(os.path.dirname(sys.executable), "sngm-train"), "study", "--preset", "cpu-cifar", "--out", str(out),
-           "--optimizers", "msgd", "sngm", "--batch-sizes", "32", "64", "--lr-factors", "1", "2",
+           "--optimizers", "msgd", "sngm", "--batch-sizes", "32", "64", "--lr-factors", "1", "2", "--extend-edges", "0",
            "--dataset", "synthetic", "--num-classes", "4", "--train-subset", "320", "--epochs", "1", "--micro-batch", "16", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + open(out / "study.log").read()[-3000:]
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_tiny_grid_end_to_end_and_resume(tmp_path):
     out = tmp_path / "study"
     first = study(out)
@@ -50,7 +102,7 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path):
     victim = sorted(stamps)[0]
     shutil.rmtree(out / "runs" / victim)
     second = study(out)
-    assert second.count("done, skipped") == 7 and second.count(": running") == 1
+    assert second.count(": running") == 1 and f"{victim}: running" in second
     for p, t in stamps.items():
         if p != victim:
             assert os.path.getmtime(out / "runs" / p / "final.json") == t  # untouched

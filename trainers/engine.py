@@ -90,7 +90,7 @@ def train(cfg, task_cls):
         shuffle=False,  # the datasets shuffle themselves, reproducibly
         verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
     if task.name == "deepfm" and task.bad_rows is not None and rank == 0:
-        print(f"skipped {task.bad_rows.count} malformed rows (--skip-bad-rows)", flush=True)
+        print(f"skipped {task.bad_rows.count} malformed rows (--skip-bad-rows; each is dropped every time it is read)", flush=True)
     final = {k: v[-1] for k, v in history.history.items() if k.startswith("val_")}
     test = task.test_dataset()
     if test is not None:  # tuned on validation data: the test set is looked at once, here

@@ -2,8 +2,10 @@
 sweep, through the trainers; CSV, per-epoch curves, a markdown table and PNG plots.
 
 Tuning honesty: every (optimizer, batch size) gets the same sweep, base lr x
-`--lr-factors`, trained on the training set minus a fixed validation split and
-judged on the validation metric (mean over seeds). The test set is evaluated once per
+`--lr-factors`, extended by up to `--extend-edges` steps past an end of the sweep
+that holds the best value (so no optimizer is judged at the edge of a bad range),
+trained on the training set minus a fixed validation split and judged on the
+validation metric (mean over seeds; a diverged run ranks last). The test set is evaluated once per
 run, after training, and only reported. Each run is a fresh `sngm-train` process (under
 `horovodrun -np N` with `--np N`); a run with `final.json` is done and skipped when
 the grid is run again, and a half-done run resumes from its checkpoint.
@@ -19,21 +21,22 @@ import subprocess
 import sys
 import time
 
-# Base learning rates, swept by --lr-factors. MSGD: the linear scaling rule from 0.1 at
-# B=128 (Goyal et al.). SNGM/LARS/Adam: square-root scaling around the values below.
-# They are this project's starting points, not numbers taken from the paper.
+# Base learning rates, swept by --lr-factors. ResNet MSGD: the linear scaling rule from
+# 0.1 at B=128 (Goyal et al.). DeepFM MSGD: square-root scaling, because the linear rule
+# puts every B=8192 value of the sweep past divergence (measured: 0.12, 0.4 and 1.2 all
+# gave NaN). SNGM/LARS/Adam: square-root scaling around the values below. They are this
+# project's starting points, not numbers taken from the paper.
 def base_lr(optimizer, batch, task):
     if task == "resnet":
         return {"msgd": 0.1 * batch / 128, "sngm": 1.6 * math.sqrt(batch / 4096), "block_sngm": 1.6 * math.sqrt(batch / 4096),
                 "lars": 2.0 * math.sqrt(batch / 4096), "adam": 1e-3 * math.sqrt(batch / 128)}[optimizer]
-    return {"msgd": 0.05 * batch / 1024, "sngm": 0.5 * math.sqrt(batch / 1024), "block_sngm": 0.5 * math.sqrt(batch / 1024),
-            "lars": 5.0 * math.sqrt(batch / 1024), "adam": 1e-3 * math.sqrt(batch / 1024)}[optimizer]
+    return {"msgd": 0.05, "sngm": 0.5, "block_sngm": 0.5, "lars": 5.0, "adam": 1e-3}[optimizer] * math.sqrt(batch / 1024)
 
 
 PRESETS = {
     # The paper's ResNet-20 / CIFAR-10 setup, for GPU hosts (160 epochs, no warm-up).
     "paper-cifar": dict(task="resnet", optimizers=["msgd", "lars", "sngm"], batch_sizes=[128, 1024, 2048, 4096, 8192],
-                        seeds=[0], lr_factors=[0.5, 1.0, 2.0],
+                        seeds=[0], lr_factors=[0.5, 1.0, 2.0], extend_edges=1,
                         flags=["--depth", "20", "--dataset", "cifar10", "--micro-batch", "128", "--epochs", "160",
                                "--momentum", "0.9", "--weight-decay", "1e-4", "--schedule", "poly", "--power", "1.1",
                                "--validation-split", "0.1"]),
@@ -41,14 +44,14 @@ PRESETS = {
     # fixed 12,000-image subset (10% of it for validation), 4,000 test images, 8 epochs,
     # B = 128 and 2048 (the largest batch is 1/5 of the data, as 8192 is 1/6 of CIFAR-10).
     "cpu-cifar": dict(task="resnet", optimizers=["msgd", "sngm"], batch_sizes=[128, 2048], seeds=[0],
-                      lr_factors=[0.25, 0.5, 1.0, 2.0],
+                      lr_factors=[0.25, 0.5, 1.0, 2.0], extend_edges=1,
                       flags=["--depth", "8", "--dataset", "cifar10", "--train-subset", "12000", "--test-subset", "4000",
                              "--validation-split", "0.1", "--micro-batch", "128", "--epochs", "8", "--momentum", "0.9",
                              "--weight-decay", "1e-4", "--schedule", "poly", "--power", "1.1"]),
     # DeepFM on planted-truth Criteo-format data (generated into <out>/data), the paper's
     # Table 8 comparison scaled down: B = 1024 and 8192, MSGD, Adam, LARS and SNGM.
     "cpu-ctr": dict(task="deepfm", optimizers=["msgd", "adam", "lars", "sngm"], batch_sizes=[1024, 8192], seeds=[0],
-                    lr_factors=[0.3, 1.0, 3.0], data_rows=(200_000, 20_000, 50_000),
+                    lr_factors=[0.3, 1.0, 3.0], extend_edges=2, data_rows=(200_000, 20_000, 50_000),
                     flags=["--micro-batch", "1024", "--epochs", "3", "--hash-space", "131072", "--embedding-dim", "8",
                            "--hidden", "128", "128", "--weight-decay", "0", "--schedule", "cosine",
                            "--shuffle-buffer", "50000"]),
@@ -82,9 +85,61 @@ def run_cell(task, flags, run_dir, np_, log):
     return True
 
 
-def plan(spec):
-    return [(o, b, s, round(base_lr(o, b, spec["task"]) * f, 6)) for o in spec["optimizers"] for b in spec["batch_sizes"]
-            for s in spec["seeds"] for f in spec["lr_factors"]]
+def next_lr(scores, factors):
+    """Where the sweep goes next: one step past the end of the swept lrs that holds the
+    best score (a step is the ratio of the two outermost factors at that end), or None
+    when the best is inside. `scores` maps lr -> mean validation metric; a diverged run
+    scores -inf, so a sweep whose top diverges never extends upward."""
+    lrs = sorted(scores)
+    best = max(lrs, key=lambda lr: scores[lr])  # ties go to the smaller lr
+    if len(lrs) < 2 or lrs[0] < best < lrs[-1]:
+        return None
+    f = sorted(factors)
+    return round(lrs[0] * f[0] / f[1], 6) if best == lrs[0] else round(lrs[-1] * f[-1] / f[-2], 6)
+
+
+def _score(run_dir, metric):
+    """The validation metric of a finished run, -inf when it diverged, None when unfinished."""
+    path = os.path.join(run_dir, "final.json")
+    if not os.path.isfile(path):
+        return None
+    final = json.load(open(path))
+    loss = json.load(open(os.path.join(run_dir, "history.json")))["history"]["loss"][-1]
+    v = final.get(f"val_{metric}")
+    return v if v is not None and math.isfinite(v) and math.isfinite(loss) else -math.inf
+
+
+def sweep(spec, out, optimizer, batch, run_missing=None):
+    """The learning rates swept for (optimizer, batch), the same procedure for every
+    optimizer: base lr x `lr_factors`, then up to `extend_edges` steps past the end that
+    holds the best validation metric (mean over seeds). With `run_missing`, unfinished
+    runs are trained (`run_missing(lr, seed)`); without, the sweep stops at the first
+    unfinished one (for reports of a grid still running)."""
+    metric = "accuracy" if spec["task"] == "resnet" else "auc"
+    lrs = [round(base_lr(optimizer, batch, spec["task"]) * f, 6) for f in spec["lr_factors"]]
+    for extension in range(spec.get("extend_edges", 0) + 1):
+        scores = {}
+        for lr in lrs:
+            per_seed = []
+            for seed in spec["seeds"]:
+                run_dir = os.path.join(out, "runs", cell_name(optimizer, batch, lr, seed))
+                if _score(run_dir, metric) is None and run_missing is not None:
+                    run_missing(lr, seed)
+                per_seed.append(_score(run_dir, metric))
+            if None in per_seed:
+                return lrs[:lrs.index(lr) + 1]
+            scores[lr] = sum(per_seed) / len(per_seed)
+        nxt = next_lr(scores, spec["lr_factors"]) if extension < spec.get("extend_edges", 0) else None
+        if nxt is None or nxt in lrs:
+            return lrs
+        lrs.append(nxt)
+    return lrs
+
+
+def plan(spec, out):
+    """(optimizer, batch, seed, lr) of every run the grid holds so far."""
+    return [(o, b, s, lr) for o in spec["optimizers"] for b in spec["batch_sizes"]
+            for lr in sweep(spec, out, o, b) for s in spec["seeds"]]
 
 
 def run(spec, out, np_=1, extra=()):
@@ -99,13 +154,15 @@ def run(spec, out, np_=1, extra=()):
             planted_ctr.generate(data, tr, te, seed=0, val_rows=va)
         flags += ["--data", os.path.join(data, "train.tsv"), "--val-data", os.path.join(data, "val.tsv"),
                   "--test-data", os.path.join(data, "test.tsv")]
-    cells = plan(spec)
-    for i, (o, b, s, lr) in enumerate(cells):
-        run_dir = os.path.join(out, "runs", cell_name(o, b, lr, s))
-        done = os.path.isfile(os.path.join(run_dir, "final.json"))
-        print(f"[{i + 1}/{len(cells)}] {cell_name(o, b, lr, s)}: {'done, skipped' if done else 'running'}", flush=True)
-        run_cell(spec["task"], flags + ["--optimizer", o, "--batch-size", str(b), "--lr", str(lr), "--seed", str(s)],
-                 run_dir, np_, os.path.join(out, "study.log"))
+    for o in spec["optimizers"]:
+        for b in spec["batch_sizes"]:
+            def train(lr, s, o=o, b=b):
+                print(f"{cell_name(o, b, lr, s)}: running", flush=True)
+                run_cell(spec["task"], flags + ["--optimizer", o, "--batch-size", str(b), "--lr", str(lr), "--seed", str(s)],
+                         os.path.join(out, "runs", cell_name(o, b, lr, s)), np_, os.path.join(out, "study.log"))
+
+            lrs = sweep(spec, out, o, b, run_missing=train)
+            print(f"{o} B={b}: swept lr {', '.join(f'{lr:.4g}' for lr in sorted(lrs))}", flush=True)
     return report(spec, out)
 
 
@@ -113,7 +170,7 @@ def report(spec, out):
     """results.csv, curves.csv, results.md and plots from the finished runs."""
     metric = "accuracy" if spec["task"] == "resnet" else "auc"
     rows, curves = [], []
-    for o, b, s, lr in plan(spec):
+    for o, b, s, lr in plan(spec, out):
         d = os.path.join(out, "runs", cell_name(o, b, lr, s))
         if not os.path.isfile(os.path.join(d, "final.json")):
             continue
@@ -122,7 +179,8 @@ def report(spec, out):
         wall = float(open(os.path.join(d, "wall_seconds.txt")).read()) if os.path.isfile(os.path.join(d, "wall_seconds.txt")) else float("nan")
         rows.append({"optimizer": o, "batch_size": b, "lr": lr, "seed": s, f"val_{metric}": final.get(f"val_{metric}"),
                      f"test_{metric}": final.get(f"test_{metric}"), "test_loss": final.get("test_loss"),
-                     "final_train_loss": hist["loss"][-1], "wall_seconds": wall, "selected": False})
+                     "final_train_loss": hist["loss"][-1], "diverged": _score(d, metric) == -math.inf,
+                     "wall_seconds": wall, "selected": False})
         for e, loss in enumerate(hist["loss"]):
             curves.append({"optimizer": o, "batch_size": b, "lr": lr, "seed": s, "epoch": e + 1, "train_loss": loss,
                            f"val_{metric}": hist.get(f"val_{metric}", [None] * (e + 1))[e],
@@ -133,7 +191,7 @@ def report(spec, out):
         by_lr = {}
         for r in rows:
             if (r["optimizer"], r["batch_size"]) == key:
-                by_lr.setdefault(r["lr"], []).append(r[f"val_{metric}"])
+                by_lr.setdefault(r["lr"], []).append(-math.inf if r["diverged"] else r[f"val_{metric}"])
         best[key] = max(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
     for r in rows:
         r["selected"] = best.get((r["optimizer"], r["batch_size"])) == r["lr"]
@@ -166,8 +224,9 @@ def _mean_std(values):
 
 def _markdown(spec, rows, metric, best_auc):
     batches = sorted({r["batch_size"] for r in rows})
-    lines = [f"Test {metric} (mean ± sd over seeds) at the learning rate chosen on the validation split; "
-             f"lr in parentheses." + (f" Best achievable test AUC (planted truth): {best_auc:.4f}." if best_auc else ""), "",
+    lines = [f"Test {metric} (mean ± sd over seeds) at the learning rate chosen on the validation split "
+             f"(base lr x {spec['lr_factors']}, extended up to {spec.get('extend_edges', 0)} step(s) past an end that "
+             f"held the best); lr in parentheses." + (f" Best achievable test AUC (planted truth): {best_auc:.4f}." if best_auc else ""), "",
              "| optimizer | " + " | ".join(f"B={b}" for b in batches) + " |", "| --- |" + " ---: |" * len(batches)]
     for o in spec["optimizers"]:
         cells = []
@@ -176,6 +235,9 @@ def _markdown(spec, rows, metric, best_auc):
             if not sel:
                 cells.append("-")
                 continue
+            if all(r["diverged"] for r in sel):
+                cells.append(f"diverged at every lr (best tried {sel[0]['lr']:.3g})")
+                continue
             m, sd = _mean_std([r[f"test_{metric}"] for r in sel])
             cells.append(f"{m:.4f} ± {sd:.4f} ({sel[0]['lr']:.3g})")
         lines.append(f"| {o} | " + " | ".join(cells) + " |")
@@ -183,8 +245,9 @@ def _markdown(spec, rows, metric, best_auc):
               f"| optimizer | B | lr | seed | val {metric} | test {metric} | final train loss | minutes | chosen |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
     for r in rows:
-        lines.append(f"| {r['optimizer']} | {r['batch_size']} | {r['lr']:.4g} | {r['seed']} | {r[f'val_{metric}']:.4f} | "
-                     f"{r[f'test_{metric}']:.4f} | {r['final_train_loss']:.4f} | {r['wall_seconds'] / 60:.1f} | "
+        val, test = ("diverged", "diverged") if r["diverged"] else (f"{r[f'val_{metric}']:.4f}", f"{r[f'test_{metric}']:.4f}")
+        lines.append(f"| {r['optimizer']} | {r['batch_size']} | {r['lr']:.4g} | {r['seed']} | {val} | "
+                     f"{test} | {r['final_train_loss']:.4f} | {r['wall_seconds'] / 60:.1f} | "
                      f"{'yes' if r['selected'] else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -197,9 +260,13 @@ def _plots(spec, out, rows, curves, metric, best_auc):
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for o in spec["optimizers"]:
-        pts = sorted((r["batch_size"], r[f"test_{metric}"]) for r in rows if r["optimizer"] == o and r["selected"])
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=o)
+        chosen = [r for r in rows if r["optimizer"] == o and r["selected"]]
+        pts = sorted((r["batch_size"], r[f"test_{metric}"]) for r in chosen if not r["diverged"])
+        lost = sorted({r["batch_size"] for r in chosen if r["diverged"]})
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=o)[0] if pts else None
+        if lost:  # diverged at every lr of the sweep: an x on the axis
+            ax.plot(lost, [0.0] * len(lost), "x", ms=9, color=line.get_color() if line else None,
+                    label=f"{o}: diverged at every lr")
     if best_auc:
         ax.axhline(best_auc, color="k", ls=":", label="best achievable")
     ax.set_xscale("log", base=2)
@@ -235,12 +302,13 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="override the preset's batch sizes")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--lr-factors", type=float, nargs="+", help="override the preset's sweep around the base lr")
+    parser.add_argument("--extend-edges", type=int, help="override how many steps the sweep may go past its ends")
     parser.add_argument("--data-dir", default="", help="CIFAR location for the resnet presets")
     parser.add_argument("--report-only", action="store_true", help="rebuild the tables and plots from finished runs")
     args, extra = parser.parse_known_args(argv)
     spec = dict(PRESETS[args.preset])
-    for k in ("optimizers", "batch_sizes", "seeds", "lr_factors"):
-        if getattr(args, k):
+    for k in ("optimizers", "batch_sizes", "seeds", "lr_factors", "extend_edges"):
+        if getattr(args, k) is not None:
             spec[k] = getattr(args, k)
     if args.data_dir:
         extra = ["--data-dir", args.data_dir, *extra]

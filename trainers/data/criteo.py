@@ -24,14 +24,22 @@ _NUMBER = r"-?[0-9]+(\.0*)?"
 
 
 class BadRowCounter:
-    """Counts rows dropped by `skip_bad_rows` (a variable the pipeline increments)."""
+    """Counts the distinct malformed rows dropped by `skip_bad_rows`.
+
+    Rows are keyed by (file, line), so a bad row read again (the next epoch, the
+    look-ahead past the last epoch, a second evaluation) is counted once.
+    """
 
     def __init__(self):
-        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=0)
+
+    def add(self, path, lineno):
+        key = tf.strings.join([path, tf.strings.as_string(lineno)], ":")
+        return self.table.insert(tf.reshape(key, [1]), tf.ones([1], tf.int64))
 
     @property
     def count(self):
-        return int(self.variable.numpy())
+        return int(self.table.size().numpy())
 
 
 def resolve_files(pattern):
@@ -104,8 +112,8 @@ def dataset(files, batch_size, hash_space, rank=0, size=1, skip_bad_rows=False, 
 
         def keep(x, y, reason, path, lineno):
             ok = tf.equal(reason, "")
-            counter.variable.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
-            return ok
+            with tf.control_dependencies([tf.cond(ok, tf.no_op, lambda: counter.add(path, lineno))]):
+                return tf.identity(ok)
 
         rows = rows.filter(keep)
     else:
