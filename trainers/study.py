@@ -51,7 +51,7 @@ PRESETS = {
     # DeepFM on planted-truth Criteo-format data (generated into <out>/data), the paper's
     # Table 8 comparison scaled down: B = 1024 and 8192, MSGD, Adam, LARS and SNGM.
     "cpu-ctr": dict(task="deepfm", optimizers=["msgd", "adam", "lars", "sngm"], batch_sizes=[1024, 8192], seeds=[0],
-                    lr_factors=[0.3, 1.0, 3.0], extend_edges=2, data_rows=(200_000, 20_000, 50_000),
+                    lr_factors=[0.3, 1.0, 3.0], extend_edges=3, data_rows=(200_000, 20_000, 50_000),
                     flags=["--micro-batch", "1024", "--epochs", "3", "--hash-space", "131072", "--embedding-dim", "8",
                            "--hidden", "128", "128", "--weight-decay", "0", "--schedule", "cosine",
                            "--shuffle-buffer", "50000"]),
