@@ -274,7 +274,7 @@ def _plots(spec, out, rows, curves, metric, best_auc):
     ax.set_xlabel("batch size")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"test {metric} vs batch size (lr tuned on validation)")
-    ax.legend()
+    ax.legend(loc="lower left", fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(out, f"{metric}_vs_batch.png"), dpi=110)
     plt.close(fig)
@@ -285,7 +285,8 @@ def _plots(spec, out, rows, curves, metric, best_auc):
             c = [x for x in curves if (x["optimizer"], x["batch_size"], x["lr"], x["seed"]) == (r["optimizer"], big, r["lr"], r["seed"])]
             ax.plot([x["epoch"] for x in c], [x["train_loss"] for x in c], label=f"{r['optimizer']} (lr {r['lr']:.3g}, seed {r['seed']})")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("training loss (epoch mean)")
     ax.set_title(f"training loss at B={big}")
     ax.legend()
     fig.tight_layout()
