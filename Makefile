@@ -16,7 +16,7 @@ help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
-	@echo "make study  - the CPU large-batch studies behind docs/results.md (about 30 minutes)"
+	@echo "make study  - the CPU large-batch studies behind docs/results.md (about 1.5 hours on 2 cores)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -66,7 +66,7 @@ def test_sweep_extends_the_same_way_for_every_optimizer_and_report_marks_diverge
 def study(out, *extra):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [os.path.join(os.path.dirname(sys.executable), "sngm-train"), "study", "--preset", "cpu-cifar", "--out", str(out),
-           "--optimizers", "msgd", "sngm", "--batch-sizes", "32", "64", "--lr-factors", "1", "2", "--extend-edges", "0",
+           "--optimizers", "msgd", "sngm", "--batch-sizes", "32", "64", "--lr-factors", "1", "2", "--extend-edges", "0", "--seeds", "0",
            "--dataset", "synthetic", "--num-classes", "4", "--train-subset", "320", "--epochs", "1", "--micro-batch", "16", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + open(out / "study.log").read()[-3000:]
