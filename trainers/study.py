@@ -45,7 +45,7 @@ PRESETS = {
     # B = 128 and 2048 (the largest batch is 1/5 of the data, as 8192 is 1/6 of CIFAR-10),
     # two seeds so the spread is measured.
     "cpu-cifar": dict(task="resnet", optimizers=["msgd", "sngm"], batch_sizes=[128, 2048], seeds=[0, 1],
-                      lr_factors=[0.25, 0.5, 1.0, 2.0], extend_edges=1,
+                      lr_factors=[0.25, 0.5, 1.0, 2.0], extend_edges=2,
                       flags=["--depth", "8", "--dataset", "cifar10", "--train-subset", "12000", "--test-subset", "4000",
                              "--validation-split", "0.1", "--micro-batch", "128", "--epochs", "8", "--momentum", "0.9",
                              "--weight-decay", "1e-4", "--schedule", "poly", "--power", "1.1"]),
