@@ -262,9 +262,14 @@ def _plots(spec, out, rows, curves, metric, best_auc):
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for o in spec["optimizers"]:
         chosen = [r for r in rows if r["optimizer"] == o and r["selected"]]
-        pts = sorted((r["batch_size"], r[f"test_{metric}"]) for r in chosen if not r["diverged"])
+        by_batch = {}
+        for r in chosen:
+            if not r["diverged"]:
+                by_batch.setdefault(r["batch_size"], []).append(r[f"test_{metric}"])
+        pts = [(b, *_mean_std(v)) for b, v in sorted(by_batch.items())]  # mean and sd over seeds
         lost = sorted({r["batch_size"] for r in chosen if r["diverged"]})
-        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=o)[0] if pts else None
+        line = ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o-", capsize=3,
+                           label=o).lines[0] if pts else None
         if lost:  # diverged at every lr of the sweep: an x on the axis
             ax.plot(lost, [0.0] * len(lost), "x", ms=9, color=line.get_color() if line else None,
                     label=f"{o}: diverged at every lr")
@@ -280,14 +285,18 @@ def _plots(spec, out, rows, curves, metric, best_auc):
     plt.close(fig)
     big = max(r["batch_size"] for r in rows) if rows else None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    colors = {o: f"C{i}" for i, o in enumerate(spec["optimizers"])}
+    labelled = set()
     for r in rows:
-        if r["batch_size"] == big and r["selected"]:
+        if r["batch_size"] == big and r["selected"]:  # one line per seed, one colour per optimizer
             c = [x for x in curves if (x["optimizer"], x["batch_size"], x["lr"], x["seed"]) == (r["optimizer"], big, r["lr"], r["seed"])]
-            ax.plot([x["epoch"] for x in c], [x["train_loss"] for x in c], label=f"{r['optimizer']} (lr {r['lr']:.3g}, seed {r['seed']})")
+            label = None if r["optimizer"] in labelled else f"{r['optimizer']} (lr {r['lr']:.3g})"
+            labelled.add(r["optimizer"])
+            ax.plot([x["epoch"] for x in c], [x["train_loss"] for x in c], color=colors[r["optimizer"]], label=label)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("training loss (epoch mean)")
-    ax.set_title(f"training loss at B={big}")
+    ax.set_title(f"training loss at B={big}" + (f", {len(spec['seeds'])} seeds" if len(spec["seeds"]) > 1 else ""))
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, f"loss_curves_b{big}.png"), dpi=110)
