@@ -107,3 +107,13 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path):
         if p != victim:
             assert os.path.getmtime(out / "runs" / p / "final.json") == t  # untouched
     assert (out / "runs" / victim / "final.json").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--extend-edges", "-1", "--extend-edges must be >= 0, got -1"),
+                                                  ("--lr-factors", "0", "--lr-factors must all be > 0, got [0.0]")])
+def test_bad_sweep_flags_are_refused(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as e:
+        st.main(["--preset", "cpu-cifar", "--out", str(tmp_path / "s"), flag, value])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+

@@ -325,6 +325,10 @@ def main(argv=None):
         extra = ["--data-dir", args.data_dir, *extra]
     if args.np < 1:
         parser.error(f"--np must be >= 1, got {args.np}")
+    if spec["extend_edges"] < 0:
+        parser.error(f"--extend-edges must be >= 0, got {spec['extend_edges']}")
+    if not all(f > 0 for f in spec["lr_factors"]):
+        parser.error(f"--lr-factors must all be > 0, got {spec['lr_factors']}")
     if args.np > 1 and shutil.which("horovodrun", path=os.path.dirname(sys.executable)) is None:
         parser.error("--np > 1 needs Horovod (horovodrun); run `make install`")
     os.makedirs(args.out, exist_ok=True)
