@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/optimizer_step.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/throughput.py
 	$(BIN)/python bench/diagnostics_overhead.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/criteo_input.py
 
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar

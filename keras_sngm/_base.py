@@ -80,6 +80,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
 
     # Regexes (on variable.path) excluded from weight decay when the user passes none.
     default_weight_decay_exclude = ()
+    # Whether the direction is normalized (step length bounded by lr/(1-beta)).
+    normalized = True
     # Per-variable vectors kept by `_step` (subclasses: "block_grad_norms", "trust_ratios").
     per_variable_diagnostics = ()
 
@@ -224,9 +226,11 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         momentum_norm (||u_t||), momentum_norm_bound (1/(1-beta)), update_norm
         (||w_{t+1} - w_t||), skipped_steps, and the per-variable vectors of
         `per_variable_diagnostics` (in `optimizer.variables` order of the model's
-        trainable variables). momentum/update norms are refreshed every
+        trainable variables). momentum_norm is read from the momentum now (exact
+        whenever this is called); update_norm is refreshed inside the step every
         `diagnostics_every` steps."""
         out = {k: v.numpy() for k, v in self._state.items()}
+        out["momentum_norm"] = float(tf.sqrt(tf.add_n([squared_norm(u.value) for u in self.momentums])))
         out["momentum_norm_bound"] = 1.0 / (1.0 - self.momentum)
         return out
 

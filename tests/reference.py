@@ -64,3 +64,10 @@ def msgd_step(weights, momenta, grads, lr, beta):
     """Keras SGD(momentum) convention: u <- beta*u - lr*g; w <- w + u."""
     new_u = [beta * u - lr * g for u, g in zip(momenta, grads)]
     return [w + u for w, u in zip(weights, new_u)], new_u
+
+
+def paper_msgd_step(weights, momenta, grads, lr, beta, wd=0.0, decay_mask=None):
+    """The paper's MSGD (PyTorch SGD): u <- beta*u + g + wd*w; w <- w - lr*u."""
+    decay_mask = decay_mask or [True] * len(weights)
+    new_u = [beta * u + g + (wd * w if m else 0.0) for u, g, w, m in zip(momenta, grads, weights, decay_mask)]
+    return [w - lr * u for w, u in zip(weights, new_u)], new_u

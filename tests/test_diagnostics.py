@@ -57,7 +57,9 @@ def test_diagnostics_every_zero_skips_momentum_norm():
     variables = _vars()
     opt = SNGM(learning_rate=0.1, diagnostics_every=0)
     opt.apply([tf.ones((4, 3)), tf.ones(3)], variables)
-    assert opt.diagnostics()["momentum_norm"] == 0.0 and opt.diagnostics()["grad_norm"] == pytest.approx(np.sqrt(15))
+    d = opt.diagnostics()  # no in-step refresh; ||u|| is read from the momentum when asked
+    assert d["update_norm"] == 0.0 and d["grad_norm"] == pytest.approx(np.sqrt(15))
+    assert d["momentum_norm"] == pytest.approx(1.0)  # u = g / ||g||
     with pytest.raises(ValueError, match="diagnostics_every=-1"):
         SNGM(diagnostics_every=-1)
 
@@ -81,7 +83,8 @@ def test_logged_values_equal_independent_replay(tmp_path):
     w0 = rng.normal(size=(d, 1)).astype("float32")
     model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[0].kernel.assign(w0)
-    opt = DistributedOptimizer(SNGM(lr, momentum=beta), accumulation_steps=k, micro_batch_size=b, noise_ema=ema)
+    opt = DistributedOptimizer(SNGM(lr, momentum=beta, diagnostics_every=1), accumulation_steps=k, micro_batch_size=b,
+                               noise_ema=ema)
     model.compile(optimizer=opt, loss="mse", jit_compile=False)
     model.fit(x, y, batch_size=b, epochs=1, shuffle=False, verbose=0,
               callbacks=[DiagnosticsLogger(str(tmp_path), b * k, every=1)])
@@ -151,3 +154,11 @@ def test_noise_scale_recovers_truth_on_gaussian_linear_regression():
 def test_unbiased_estimators_closed_form():
     g2, tr = noise_scale.unbiased_estimates(tf.constant(4.0 + 84.0 / 16), tf.constant(4.0 + 84.0 / 128), 16, 128)
     assert float(g2) == pytest.approx(4.0) and float(tr) == pytest.approx(84.0)
+
+
+def test_logger_reads_the_optimizers_own_period_it_does_not_set_it(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=SNGM(0.1, diagnostics_every=5), loss="mse")
+    with pytest.raises(ValueError, match="build the optimizer with diagnostics_every=2"):
+        model.fit(np.ones((8, 3)), np.ones((8, 1)), verbose=0, callbacks=[DiagnosticsLogger(str(tmp_path), 8, every=2)])
+    assert model.optimizer.diagnostics_every == 5

@@ -106,7 +106,8 @@ def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
     planted_ctr.generate(str(data), 512, 256, seed=1)
     flags = ["deepfm", "--data", str(data / "train.tsv"), "--test-data", str(data / "test.tsv"), "--optimizer", optimizer,
              "--batch-size", "128", "--epochs", "1", "--steps-per-epoch", "3", "--hash-space", "512", "--embedding-dim", "4",
-             "--hidden", "16", "16", "--lr", "0.1", "--shuffle-buffer", "256", "--no-verbose"]
+             "--hidden", "16", "16", "--lr", "0.1", "--no-verbose",
+             "--shuffle-buffer", "0"]  # (each worker shuffles only its own rows: equal to one process unshuffled)
     one = sngm_train(flags + ["--micro-batch", "128", "--logdir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--micro-batch", "64", "--logdir", str(tmp_path / "two")])
@@ -120,6 +121,24 @@ def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
     h2 = json.load(open(tmp_path / "two" / "history.json"))["history"]
     for key in ("loss", "logloss", "val_auc", "val_logloss"):
         np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("sizes", [[200, 150, 180, 90], [700]])  # by file, by line
+def test_criteo_two_workers_read_every_row_exactly_once(tmp_path, sizes):
+    import gzip
+
+    files = []
+    for f, n in enumerate(sizes):  # row i of file f has I1 = f * 100000 + i; gzipped like the 1TB logs
+        files.append(str(tmp_path / f"day_{f}.gz"))
+        with gzip.open(files[-1], "wt") as out:
+            out.write("".join(f"{i % 2}\t{f * 100000 + i}" + "\t" * 38 + "\n" for i in range(n)))
+    proc = horovodrun([sys.executable, "tests/criteo_shard_check.py", str(tmp_path), *files])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["size"] == 2 and r0["by"] == r1["by"] == ("file" if len(sizes) > 1 else "line")
+    assert not set(r0["ids"]) & set(r1["ids"])
+    want = sorted(f * 100000 + i for f, n in enumerate(sizes) for i in range(n))
+    assert sorted(r0["ids"] + r1["ids"]) == want
 
 
 def test_worker_death_stops_job_and_keeps_last_checkpoint(tmp_path):

@@ -1,5 +1,6 @@
 """The notebooks execute top to bottom at a small size (nbclient), on real data."""
 
+import ast
 import os
 
 import nbformat
@@ -31,3 +32,9 @@ def test_notebook_executes(name, shared_data, monkeypatch):
     assert not errors
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, "the notebook should draw its plots"
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream")
+    checks = [ast.literal_eval(line[len("CHECK "):]) for line in text.splitlines() if line.startswith("CHECK ")]
+    assert checks, "the notebook should print its CHECK lines"
+    for check in checks:  # it trained on every class and learned something, without a trivial 100%
+        assert check.get("train_classes", 10) == check.get("test_classes", 10) == check["classes"] == 10, check
+        assert 1.5 / check["classes"] < check["val_accuracy"] < 0.95, check

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 import reference as ref
-from keras_sngm import LARS, SNGM, BlockSNGM
+from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
 SHAPES = {"dense/kernel": (5, 3), "dense/bias": (3,), "conv/kernel": (2, 3, 4), "norm/gamma": (7,)}
 STEPS = 25
@@ -154,3 +154,21 @@ def test_paper_counterexample_lars_identity_goes_to_zero_sngm_to_minimum():
         LARS(learning_rate=schedule, momentum=0.9, trust_coefficient=1.0, phi="clip",
              phi_lower=0.1, phi_upper=10.0, trust_ratio_exclude=[]), 1.0, steps)
     assert abs(x_clip + 1.0) < 5e-2, x_clip
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_msgd_is_the_papers_momentum_sgd_with_l2(jit):
+    """u <- m u + g + wd w; w <- w - lr u (PyTorch's SGD), with a decaying lr, where Keras'
+    SGD (decoupled decay, lr folded into the velocity) would step differently."""
+    grads = random_grads(4)
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.05, STEPS, end_learning_rate=0.0, power=2.0)
+    got, opt = run_keras(MSGD(learning_rate=schedule, momentum=0.9, weight_decay=0.01, weight_decay_exclude=["gamma"],
+                              jit_compile=jit), grads)
+    lr = lambda t: 0.05 * (1 - t / STEPS) ** 2  # noqa: E731
+    want, want_u = run_reference(ref.paper_msgd_step, grads, lr, beta=0.9, wd=0.01, decay_mask=NOT_NORM)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    for m, w in zip(opt.momentums, want_u):
+        np.testing.assert_allclose(m.numpy(), w, rtol=1e-5, atol=1e-6)
+    keras_sgd, _ = run_keras(keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=0.01), grads)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(keras_sgd, want)) > 1e-3  # the rule really differs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Horovod 0.28.1 from its PyPI sdist against the installed TensorFlow, with Gloo.
 #
-# Horovod's last release predates TF 2.21. It builds with one change (DESIGN.md):
+# Horovod's last release predates TF 2.21. It builds with one change:
 # its optional XLA ops (xla_mpi_ops.cc) include XLA headers that need highwayhash,
 # which TF 2.21 does not ship, so we drop that one source file from the TF target.
 #

@@ -1,4 +1,9 @@
-"""Logging callbacks for the trainers (rank 0 writes)."""
+"""Logging callbacks for the trainers (rank 0 writes).
+
+One step axis: step n is the n-th optimizer update (`optimizer.iterations` after it),
+and a value logged at step n is the one that update used or produced (its learning
+rate, the norms after it), whatever the number of accumulated micro-batches.
+"""
 
 import time
 
@@ -6,43 +11,76 @@ import keras
 import tensorflow as tf
 
 
+def lr_used(schedule, optimizer):
+    """The learning rate of the update just made: `schedule` (the trainers pass the one
+    they built) at the update count before it, as Keras evaluates it. Without a
+    schedule, the optimizer's current value (exact for a constant rate)."""
+    if schedule is None:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    if callable(schedule):
+        return float(keras.ops.convert_to_numpy(schedule(max(int(optimizer.iterations) - 1, 0))))
+    return float(schedule)
+
+
+def _clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class ProgressLogger(keras.callbacks.Callback):
     """Learning rate and throughput (examples/s, all workers) to the epoch logs and,
-    every `every` updates, straight to TensorBoard (`<logdir>/train`)."""
+    every `every` updates, to TensorBoard (`<logdir>/train`, tags `step/*`) and, with
+    `show`, as a progress line with the estimated time left; after the first updates it
+    prints the estimated time of the whole run."""
 
-    def __init__(self, logdir, global_batch, micro_steps_per_update, every=50, write=True):
+    def __init__(self, logdir, global_batch, micro_steps_per_update, every=50, write=True, schedule=None,
+                 total_updates=0, show=False):
         super().__init__()
-        self.global_batch, self.k, self.every = global_batch, micro_steps_per_update, every
+        self.global_batch, self.k, self.every, self.schedule = global_batch, micro_steps_per_update, every, schedule
+        self.total, self.show = total_updates, show
         self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
-
-    def _lr(self):
-        opt = self.model.optimizer
-        lr = opt.learning_rate
-        return float(keras.ops.convert_to_numpy(lr))
+        self.t_first, self.estimated = None, False
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
         self.t_epoch = self.t_window = time.perf_counter()
         self.updates_epoch = self.updates_window = 0
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.k:
             return
+        now = time.perf_counter()
         self.updates_epoch += 1
         self.updates_window += 1
-        if self.writer is not None and self.updates_window >= self.every:
-            now = time.perf_counter()
-            step = int(self.model.optimizer.iterations)
+        step = int(self.model.optimizer.iterations)
+        if self.t_first is None:  # the first update includes tracing and compilation
+            self.t_first, self.step_first = now, step
+        elif self.show and not self.estimated and (step - self.step_first >= 3 or now - self.t_first > 30):
+            per_update = (now - self.t_first) / (step - self.step_first)
+            print(f"estimated time for the run: {_clock(per_update * (self.total - step))} left "
+                  f"({per_update:.2f} s per update, {self.total - step} updates to go)", flush=True)
+            self.estimated = True
+        if self.updates_window < self.every:
+            return
+        rate = self.updates_window * self.global_batch / (now - self.t_window)
+        lr = lr_used(self.schedule, self.model.optimizer)
+        if self.writer is not None:
             with self.writer.as_default(step=step):
-                tf.summary.scalar("step/learning_rate", self._lr())
-                tf.summary.scalar("step/examples_per_sec", self.updates_window * self.global_batch / (now - self.t_window))
+                tf.summary.scalar("step/learning_rate", lr)
+                tf.summary.scalar("step/examples_per_sec", rate)
                 for k, v in (logs or {}).items():
                     tf.summary.scalar(f"step/{k}", float(v))
             self.writer.flush()
-            self.t_window, self.updates_window = now, 0
+        if self.show:
+            seconds_left = max(self.total - step, 0) * (now - self.t_window) / self.updates_window
+            shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
+            print(f"epoch {self.epoch + 1} update {step}/{self.total}: {shown} lr {lr:.4g} {rate:.0f} ex/s "
+                  f"ETA {_clock(seconds_left)}", flush=True)
+        self.t_window, self.updates_window = now, 0
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = self._lr()
+            logs["learning_rate"] = lr_used(self.schedule, self.model.optimizer)  # the last update's
             logs["examples_per_sec"] = self.updates_epoch * self.global_batch / (time.perf_counter() - self.t_epoch)
 
 
@@ -60,32 +98,33 @@ class DiagnosticsLogger(keras.callbacks.Callback):
     The latest values also go into the epoch logs (`noise_scale`, `grad_norm`, ...).
     """
 
-    def __init__(self, logdir, global_batch, every=50, write=True):
+    def __init__(self, logdir, global_batch, every=50, write=True, schedule=None):
         super().__init__()
-        self.global_batch, self.every = global_batch, every
+        self.global_batch, self.every, self.schedule = global_batch, every, schedule
         self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
         self._last = -1
 
     def on_train_begin(self, logs=None):
         inner = self._inner()
-        if hasattr(inner, "diagnostics_every"):  # refresh ||u|| exactly on the steps we log
-            inner.diagnostics_every = self.every
+        if getattr(inner, "diagnostics_every", self.every) != self.every:
+            raise ValueError(f"DiagnosticsLogger(every={self.every}) logs the norms the optimizer refreshes every "
+                             f"{inner.diagnostics_every} updates: build the optimizer with diagnostics_every={self.every}")
 
     def _inner(self):
         return getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
 
     def values(self):
         inner, opt = self._inner(), self.model.optimizer
-        lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
+        lr = lr_used(self.schedule, opt)  # what the last update used
         scalars, hists = {"learning_rate": lr}, {}
         beta = getattr(inner, "momentum", 0.0) or 0.0
         if hasattr(inner, "diagnostics"):
             d = inner.diagnostics()
             for k in ("grad_norm", "momentum_norm", "momentum_norm_bound", "update_norm", "skipped_steps"):
                 scalars[k] = float(d[k])
-            scalars["step_length"] = lr * float(d["momentum_norm"])  # SNGM's effective step
+            scalars["step_length"] = lr * float(d["momentum_norm"])  # the step taken (SNGM's effective lr)
             hists = {k: d[k] for k in getattr(inner, "per_variable_diagnostics", ())}
-        else:
+        if not getattr(inner, "normalized", False):
             scalars["effective_lr"] = lr / (1.0 - beta)  # momentum SGD
             scalars["temperature"] = lr / (self.global_batch * (1.0 - beta))
         noise = opt.noise_scale() if hasattr(opt, "noise_scale") else None

@@ -101,12 +101,16 @@ def _fsync(path):
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves every `every` epochs (and at the end). Construct it on rank 0 only."""
 
-    def __init__(self, run_dir, every=1, keep=3, extra=None):
+    def __init__(self, run_dir, every=1, keep=3, extra=None, history=None):
         super().__init__()
         self.run_dir, self.every, self.keep, self.extra = run_dir, every, keep, extra or {}
+        self.history = {k: list(v) for k, v in (history or {}).items()}  # epochs before a resume
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        for k, v in logs.items():  # every epoch's logs so far travel in the checkpoint
+            self.history[k] = self.history.get(k, [])[:epoch] + [v]
         if done % self.every == 0 or done == self.params.get("epochs"):  # (fit's epochs: includes --stop-after)
             save(self.run_dir, self.model, self.model.optimizer, done, self.keep,
-                 {**self.extra, "logs": {k: float(v) for k, v in (logs or {}).items()}})
+                 {**self.extra, "logs": logs, "history": self.history})

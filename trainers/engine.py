@@ -7,15 +7,8 @@ import os
 
 import keras
 
-from trainers import checkpoint, distributed, recipes
+from trainers import checkpoint, config, distributed, recipes
 from trainers.callbacks import DiagnosticsLogger, ProgressLogger
-
-
-RESNET_KEYS = {"depth", "dataset", "data_dir", "tfds_dir", "download", "image_size", "num_classes", "train_subset",
-               "test_subset", "augment", "validation_split"}
-DEEPFM_KEYS = {"data", "test_data", "val_data", "train_rows", "hash_space", "embedding_dim", "hidden", "dropout",
-               "shuffle_buffer", "skip_bad_rows"}
-OTHER_TASK_KEYS = {"resnet": DEEPFM_KEYS, "deepfm": RESNET_KEYS}
 
 
 def check_batch(global_batch, workers, micro_batch):
@@ -29,24 +22,51 @@ def check_batch(global_batch, workers, micro_batch):
     return global_batch // (workers * micro_batch)
 
 
+def finished(run_dir, epochs):
+    """The results of a run that already trained all `epochs`, else None."""
+    path = os.path.join(run_dir, "final.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        final = json.load(f)
+    return final if final.get("epochs_done", 0) >= epochs else None
+
+
 def train(cfg, task_cls):
-    """Trains `task_cls(cfg)` as `cfg` says; returns (history dict, model, task)."""
+    """Trains `task_cls(cfg)` as `cfg` says; returns (history dict, model, task).
+
+    With `cfg.resume` on a run that already finished, nothing is trained or rewritten:
+    returns (its history, None, None).
+    """
+    config.validate(cfg, task_cls.name)
     distributed.init()
+    rank = distributed.rank()
+    if cfg.resume and finished(cfg.logdir, cfg.epochs):
+        if rank == 0 and cfg.verbose:
+            print(f"{cfg.logdir} already finished all {cfg.epochs} epochs: nothing to do (its results are kept)", flush=True)
+        with open(os.path.join(cfg.logdir, "history.json")) as f:
+            return json.load(f)["history"], None, None
     if cfg.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    rank, size = distributed.rank(), distributed.size()
+    size = distributed.size()
     k = check_batch(cfg.batch_size, size, cfg.micro_batch)
     task = task_cls(cfg)
-    updates_per_epoch = cfg.steps_per_epoch or task.num_train // cfg.batch_size
+    if cfg.steps_per_epoch:
+        updates_per_epoch = cfg.steps_per_epoch
+    elif hasattr(task, "updates_per_epoch"):  # streamed data: what every worker's shard can fill
+        updates_per_epoch = task.updates_per_epoch(cfg.batch_size, cfg.micro_batch, size)
+    else:
+        updates_per_epoch = task.num_train // cfg.batch_size
     if updates_per_epoch < 1:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {task.num_train} training examples.")
     task.micro_steps_per_epoch = updates_per_epoch * k
     lr = cfg.lr * (size if cfg.scale_lr else 1)  # linear scaling with the number of workers
     schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
                                 int(cfg.warmup_epochs * updates_per_epoch))
-    inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient)
+    inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
+                              diagnostics_every=cfg.diagnostics_every)
     opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
                                            micro_batch_size=cfg.micro_batch)
 
@@ -57,13 +77,14 @@ def train(cfg, task_cls):
     opt.build(model.trainable_variables)
 
     run_dir = cfg.logdir
-    first_epoch = 0
-    if cfg.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1. Received: {cfg.epochs}")
+    first_epoch, past = 0, {}
     if cfg.resume:
         path = checkpoint.latest(run_dir) if rank == 0 else None
         if rank == 0 and path:
-            first_epoch = checkpoint.restore(path, model, opt)["epoch"]
+            state = checkpoint.restore(path, model, opt)
+            first_epoch, past = state["epoch"], state.get("history", {})
+        elif rank == 0 and cfg.verbose:
+            print(f"--resume: no checkpoint in {run_dir}: starting from scratch", flush=True)
         first_epoch = distributed.broadcast_object(first_epoch)  # HVD: every rank resumes at rank 0's epoch
     resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
                 "updates_per_epoch": updates_per_epoch, "effective_lr": lr, "parameters": model.count_params(),
@@ -73,16 +94,21 @@ def train(cfg, task_cls):
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(resolved, f, indent=1, default=str)
         if cfg.verbose:
-            shown = {k: v for k, v in resolved.items() if k not in OTHER_TASK_KEYS[task.name]}
+            other = {f.name for f in config.fields_of("deepfm" if task.name == "resnet" else "resnet")}
+            shown = {k: v for k, v in resolved.items() if k not in other}
             print("sngm-train configuration:\n" + "\n".join(f"  {k:>24}: {v}" for k, v in shown.items()), flush=True)
 
     callbacks = [distributed.BroadcastCallback(), distributed.MetricAverageCallback(),  # HVD
-                 ProgressLogger(run_dir, cfg.batch_size, k, cfg.log_every, write=rank == 0)]
+                 ProgressLogger(run_dir, cfg.batch_size, k, cfg.log_every, write=rank == 0, schedule=schedule,
+                                total_updates=updates_per_epoch * cfg.epochs, show=cfg.verbose and rank == 0)]
     if cfg.diagnostics_every:
-        callbacks.append(DiagnosticsLogger(run_dir, cfg.batch_size, cfg.diagnostics_every, write=rank == 0))
+        callbacks.append(DiagnosticsLogger(run_dir, cfg.batch_size, cfg.diagnostics_every, write=rank == 0,
+                                           schedule=schedule))
     if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
-        callbacks += [checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}),
-                      keras.callbacks.TensorBoard(run_dir, update_freq=cfg.log_every * k, write_graph=False)]
+        callbacks += [checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}, past),
+                      # Epoch scalars only: Keras' batch-level points count micro-batches, ours
+                      # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
+                      keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False)]
     history = model.fit(
         task.train_dataset(first_epoch, rank, size, cfg.micro_batch),  # HVD: sharded by rank
         epochs=min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
@@ -97,9 +123,10 @@ def train(cfg, task_cls):
         final.update({f"test_{k}": float(v) for k, v in model.evaluate(test, return_dict=True, verbose=0).items()})
     elif final:
         final.update({"test_" + k[4:]: v for k, v in list(final.items())})  # the per-epoch evaluation was the test set
+    full = {key: past.get(key, [])[:first_epoch] + values for key, values in history.history.items()}
     if rank == 0:
-        with open(os.path.join(run_dir, "history.json"), "w") as f:
-            json.dump({"first_epoch": first_epoch, "history": history.history}, f, indent=1)
+        with open(os.path.join(run_dir, "history.json"), "w") as f:  # every epoch, across resumes
+            json.dump({"first_epoch": 0, "resumed_at": first_epoch, "history": full}, f, indent=1)
         with open(os.path.join(run_dir, "final.json"), "w") as f:  # written last: marks a finished run
             json.dump({**final, "epochs": cfg.epochs, "epochs_done": first_epoch + len(history.history.get("loss", []))}, f, indent=1)
-    return history.history, model, task
+    return full, model, task

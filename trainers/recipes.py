@@ -4,10 +4,8 @@ import math
 
 import keras
 
-from keras_sngm import LARS, SNGM, BlockSNGM
-
-OPTIMIZERS = ("msgd", "sngm", "block_sngm", "lars", "adam")
-SCHEDULES = ("poly", "cosine", "step", "constant")
+from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
+from trainers.config import OPTIMIZERS, SCHEDULES
 
 
 @keras.saving.register_keras_serializable(package="keras_sngm")
@@ -49,20 +47,20 @@ def schedule(kind, lr, total_updates, power=1.1, warmup_updates=0, step_boundari
     return LinearWarmup(s, warmup_updates) if warmup_updates else s
 
 
-def optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
-    """msgd (Keras SGD, the baseline), sngm, block_sngm, lars or adam.
+def optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, diagnostics_every=100):
+    """msgd (the paper's baseline), sngm, block_sngm, lars or adam.
 
-    Weight decay: SNGM/BlockSNGM/LARS add it to the gradient before normalization
-    (the paper's L2); Keras SGD and Adam apply Keras' decoupled decay
-    (w -= lr * wd * w each step).
+    Weight decay: MSGD/SNGM/BlockSNGM/LARS add it to the gradient (the paper's L2;
+    for the normalized ones before the normalization); Adam applies Keras' decoupled
+    decay (w -= lr * wd * w each step, i.e. AdamW).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"--optimizer must be one of {OPTIMIZERS}. Received: {name!r}")
     wd = weight_decay or None
-    if name == "msgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=wd)
     if name == "adam":
         return keras.optimizers.Adam(learning_rate, weight_decay=wd)
     if name == "lars":
-        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
-    return {"sngm": SNGM, "block_sngm": BlockSNGM}[name](learning_rate, momentum=momentum, weight_decay=weight_decay)
+        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                    diagnostics_every=diagnostics_every)
+    return {"msgd": MSGD, "sngm": SNGM, "block_sngm": BlockSNGM}[name](learning_rate, momentum=momentum, weight_decay=weight_decay,
+                                                         diagnostics_every=diagnostics_every)

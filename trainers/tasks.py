@@ -76,13 +76,27 @@ class DeepFMTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.train_files = criteo.resolve_files(cfg.data)
+        self.synthetic = cfg.data == "synthetic"
+        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_rows else None
+        self.truth = None
+        if self.synthetic:  # random rows of the right shape: no files, no parsing (benchmarks)
+            self.train_files, self.file_lines = [], []
+            self.num_train = cfg.train_rows or 2**20
+        else:
+            self.train_files = criteo.resolve_files(cfg.data)
+            self.file_lines = [] if cfg.train_rows else [criteo.count_lines(f) for f in self.train_files]
+            self.num_train = cfg.train_rows or sum(self.file_lines)
+            truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
+            self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
         self.test_files = criteo.resolve_files(cfg.test_data) if cfg.test_data else None
         self.val_files = criteo.resolve_files(cfg.val_data) if cfg.val_data else None
-        self.num_train = cfg.train_rows or criteo.count_rows(self.train_files)
-        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_rows else None
-        truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
-        self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
+
+    def updates_per_epoch(self, global_batch, micro_batch, workers):
+        """Updates every worker can fill from its own shard (the smallest shard decides)."""
+        if not self.file_lines or workers == 1:
+            return self.num_train // global_batch
+        rows = min(criteo.rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
+        return rows // (global_batch // workers)
 
     def model(self):
         c = self.cfg
@@ -95,8 +109,10 @@ class DeepFMTask:
                 keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss")]
 
     def train_dataset(self, first_epoch, rank, size, micro_batch):
-        # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
         c = self.cfg
+        if self.synthetic:
+            return criteo.synthetic(micro_batch, c.hash_space, c.seed, rank)
+        # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
         per_epoch = [criteo.dataset(self.train_files, micro_batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows,
                                     c.shuffle_buffer, c.seed, e).take(self.micro_steps_per_epoch)
                      for e in range(first_epoch, max(c.epochs, first_epoch + 1))]
@@ -118,7 +134,7 @@ class DeepFMTask:
         return self._eval(self.test_files) if self.val_files else None
 
     def describe(self):
-        d = {"train_files": self.train_files, "test_files": self.test_files, "train_rows_found": self.num_train}
+        d = {"train_files": self.train_files or "synthetic", "test_files": self.test_files, "train_rows_found": self.num_train}
         if self.truth:
             d["best_test_auc"] = self.truth.get("best_test_auc")
         return d

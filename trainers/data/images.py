@@ -7,13 +7,16 @@ Sources, tried in this order by `load`:
      (`train/<class>/*`, `test/<class>/*`, possibly one level down), or a `.tar` of one;
   2. tensorflow-datasets (`tfds_dir`, downloading when online).
 Images are held in memory as uint8 arrays (CIFAR-size data). A tar is unpacked once
-into a cache directory (`$SNGM_DATA_CACHE`, default ~/.cache/keras-sngm/data).
+into a cache directory (`$SNGM_DATA_CACHE`, default ~/.cache/keras-sngm/data), and an
+image folder is decoded once into a cache keyed by its content (every file's path,
+size and modification time), so an edited folder is decoded again.
 """
 
 import glob
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -84,15 +87,9 @@ def _find_image_folder(root):
     return None
 
 
-def _read_image_folder(base, image_size):
-    classes = sorted(d for d in os.listdir(os.path.join(base, "train")) if os.path.isdir(os.path.join(base, "train", d)))
-    if not classes:
-        raise DataNotFoundError(f"{base}/train has no class folders (expected train/<class>/*.jpg)")
-    cache = os.path.join(_cache_dir(), "decoded-" + hashlib.sha1(f"{os.path.abspath(base)}:{image_size}".encode()).hexdigest()[:16] + ".npz")
-    if os.path.isfile(cache):
-        with np.load(cache) as d:
-            return (d["xtr"], d["ytr"]), (d["xte"], d["yte"]), len(classes)
-    out = []
+def _listing(base, classes):
+    """{split: (files, labels)} of an image folder."""
+    out = {}
     for split in ("train", "test"):
         files, labels = [], []
         for i, c in enumerate(classes):
@@ -101,12 +98,50 @@ def _read_image_folder(base, image_size):
             labels += [i] * len(found)
         if not files:
             raise DataNotFoundError(f"no images (*{', *'.join(IMAGE_EXTS)}) under {os.path.join(base, split)}/<class>/")
-        ds = tf.data.Dataset.from_tensor_slices(files).map(
-            lambda f: tf.image.resize(tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False),
-                                      [image_size, image_size], method="nearest"),
-            num_parallel_calls=tf.data.AUTOTUNE)
-        x = np.stack([im.astype(np.uint8) for im in ds.as_numpy_iterator()])
-        out.append((x, np.asarray(labels, np.int64)))
+        out[split] = (files, labels)
+    return out
+
+
+def _content_key(listing, image_size):
+    """A digest of what decoding depends on: every file's path, size and mtime, its
+    label, and the image size. Replacing, adding or removing an image changes it."""
+    h = hashlib.sha1(f"v2:{image_size}".encode())
+    for split in ("train", "test"):
+        for f, label in zip(*listing[split]):
+            st = os.stat(f)
+            h.update(f"{split}\0{f}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _decode_all(files, image_size):
+    ds = tf.data.Dataset.from_tensor_slices(files).map(
+        lambda f: tf.image.resize(tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False),
+                                  [image_size, image_size], method="nearest"),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    try:
+        return np.stack([im.astype(np.uint8) for im in ds.as_numpy_iterator()])
+    except tf.errors.InvalidArgumentError:
+        for f in files:  # find the file to name (only after a failure)
+            try:
+                tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False)
+            except tf.errors.InvalidArgumentError as e:
+                raise DataNotFoundError(f"{f}: not a decodable image ({str(e).splitlines()[0][:120]})") from None
+        raise
+
+
+def _read_image_folder(base, image_size):
+    classes = sorted(d for d in os.listdir(os.path.join(base, "train")) if os.path.isdir(os.path.join(base, "train", d)))
+    if not classes:
+        raise DataNotFoundError(f"{base}/train has no class folders (expected train/<class>/*.jpg)")
+    listing = _listing(base, classes)
+    cache = os.path.join(_cache_dir(), f"decoded-{_content_key(listing, image_size)}.npz")
+    if os.path.isfile(cache):
+        with np.load(cache) as d:
+            return (d["xtr"], d["ytr"]), (d["xte"], d["yte"]), len(classes)
+    total = sum(len(listing[s][0]) for s in listing)
+    if total > 5000:
+        print(f"decoding {total} images under {base} (once: cached in {os.path.dirname(cache)})", flush=True)
+    out = [(_decode_all(listing[s][0], image_size), np.asarray(listing[s][1], np.int64)) for s in ("train", "test")]
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     tmp = cache + f".tmp{os.getpid()}.npz"
     np.savez(tmp, xtr=out[0][0], ytr=out[0][1], xte=out[1][0], yte=out[1][1])
@@ -115,17 +150,25 @@ def _read_image_folder(base, image_size):
 
 
 def _unpack_tar(path):
-    digest = hashlib.sha1(f"{os.path.abspath(path)}:{os.path.getsize(path)}".encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{os.path.abspath(path)}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}".encode()).hexdigest()[:16]
     dest = os.path.join(_cache_dir(), "tar-" + digest)
     if not os.path.isfile(os.path.join(dest, ".complete")):
         tmp = dest + f".tmp{os.getpid()}"
         os.makedirs(tmp, exist_ok=True)
-        with tarfile.open(path) as t:
-            t.extractall(tmp, filter="data")
+        print(f"unpacking {path} ({os.path.getsize(path) / 1e6:.0f} MB, once) into {dest}", flush=True)
+        try:
+            with tarfile.open(path) as t:
+                t.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # no partial unpack left behind
+            raise DataNotFoundError(f"{path}: cannot be unpacked, the tar is damaged or truncated "
+                                    f"({type(e).__name__}: {e})") from None
         open(os.path.join(tmp, ".complete"), "w").close()
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if not os.path.isdir(dest):
             os.replace(tmp, dest)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -154,8 +197,9 @@ def load(dataset="cifar10", data_dir=None, tfds_dir=None, download=True, image_s
     raise DataNotFoundError(
         "No image data found. Looked in:\n  - " + "\n  - ".join(looked or [f"dataset {dataset!r} (unknown)"]) +
         "\nProvide --data-dir with CIFAR's python or binary batches, an image folder "
-        "(train/<class>/*.jpg, test/<class>/*.jpg) or a .tar of one; or run once online so "
-        "tensorflow-datasets can download into --tfds-dir.")
+        "(train/<class>/*.jpg, test/<class>/*.jpg) or a .tar of one; or let tensorflow-datasets prepare it "
+        "in --tfds-dir (its download needs internet access; an offline machine can use a tensorflow_datasets "
+        "folder prepared elsewhere, with --no-download).")
 
 
 def _load_tfds(name, data_dir, download):

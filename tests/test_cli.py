@@ -1,0 +1,230 @@
+"""What a new user hits at the command line: every bad flag is `sngm-train: error:`
+naming the flag, exit 2, before TensorFlow is imported or any data read; bad files are
+named; help gives a reason for every flag; logs sit on one step axis."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+SMALL = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "128", "--num-classes", "4",
+         "--batch-size", "32", "--micro-batch", "16", "--lr", "0.3", "--seed", "5", "--no-verbose"]
+
+
+def sngm_train(args, timeout=300, **env):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+BAD_FLAGS = [
+    (["--ckpt-every", "0"], "--ckpt-every must be >= 1. Received: 0"),
+    (["--log-every", "0"], "--log-every must be >= 1. Received: 0"),
+    (["--eval-batch", "0"], "--eval-batch must be >= 1. Received: 0"),
+    (["--optimizer", "msgd", "--momentum", "1.0"], "--momentum must be in [0, 1). Received: 1.0"),
+    (["--train-subset", "-5"], "--train-subset must be >= 0. Received: -5"),
+    (["--stop-after", "-1"], "--stop-after must be >= 0. Received: -1"),
+    (["--power", "-1"], "--power must be a positive number. Received: -1.0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be in [0, --epochs=160). Received: -1.0"),
+    (["--keep", "-1"], "--keep must be >= 0. Received: -1"),
+    (["--lr", "nan"], "--lr must be a positive number. Received: nan"),
+    (["--validation-split", "1"], "--validation-split must be in [0, 1). Received: 1.0"),
+    (["--image-size", "224", "--depth", "20"], "--depth must be 18, 34 or 50 for --image-size 224. Received: 20"),
+    (["--data-dir", "/no/such/folder"], "--data-dir does not exist. Received: '/no/such/folder'"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_flag_is_an_error_before_anything_runs(tmp_path, flags, message):
+    t0 = time.perf_counter()
+    proc = sngm_train(["resnet", "--logdir", str(tmp_path / "run"), *flags])
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert proc.stderr.strip() == f"sngm-train: error: {message}", proc.stderr[-1500:]
+    assert seconds < 10, "rejected before TensorFlow and data (measured about 0.1 s)"
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_bad_deepfm_flags_and_other_task_flags(tmp_path):
+    proc = sngm_train(["deepfm", "--data", "synthetic", "--depth", "50"])
+    assert proc.returncode == 2 and "unrecognized arguments: --depth 50" in proc.stderr
+    proc = sngm_train(["resnet", "--hash-space", "8"])
+    assert proc.returncode == 2 and "unrecognized arguments: --hash-space 8" in proc.stderr
+    for flags, message in ((["--data", str(tmp_path / "missing.tsv")], "--data matches no file or directory"),
+                           (["--data", "synthetic", "--hidden", "0"], "--hidden must be one or more widths >= 1"),
+                           (["--data", "synthetic", "--dropout", "1"], "--dropout must be in [0, 1)"),
+                           (["--data", "synthetic", "--shuffle-buffer", "-1"], "--shuffle-buffer must be >= 0")):
+        proc = sngm_train(["deepfm", "--logdir", str(tmp_path / "run"), *flags])
+        assert proc.returncode == 2 and proc.stderr.startswith(f"sngm-train: error: {message}"), proc.stderr
+
+
+def test_logdir_that_is_a_file_or_unwritable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = sngm_train(SMALL + ["--logdir", str(tmp_path / "file")])
+    assert proc.returncode == 2 and f"--logdir '{tmp_path / 'file'}' exists and is not a directory" in proc.stderr
+    proc = sngm_train(SMALL + ["--logdir", str(tmp_path / "file" / "run")])
+    assert proc.returncode == 2 and "is not writable" in proc.stderr
+    proc = sngm_train(SMALL + ["--logdir", "/proc/sngm-run"])  # a file system nobody may write, not even root
+    assert proc.returncode == 2 and "--logdir '/proc/sngm-run' is not writable" in proc.stderr
+
+
+def test_help_gives_a_reason_for_every_flag():
+    from trainers import config
+
+    for task in ("resnet", "deepfm"):
+        proc = sngm_train([task, "-h"])
+        assert proc.returncode == 0
+        text = " ".join(proc.stdout.split())
+        for f in config.fields_of(task):
+            flag = config.flag(f.name)
+            assert flag in text, flag
+            reason = " ".join(f.metadata["help"].split())
+            assert len(reason) > 10 and reason in text, (flag, reason)
+        mine = {config.flag(f.name) for f in config.fields_of(task)}
+        others = {config.flag(f.name) for f in config.fields_of("deepfm" if task == "resnet" else "resnet")} - mine
+        assert others and not [o for o in others if o + " " in text], "flags of the other task are listed"
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    flags = [f for f in SMALL if f != "--no-verbose"] + ["--epochs", "2", "--log-every", "2", "--logdir",
+                                                          str(tmp_path / "run"), "--resume"]
+    proc = sngm_train(flags)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert f"--resume: no checkpoint in {tmp_path / 'run'}: starting from scratch" in proc.stdout
+    # Rank 0 shows progress lines with an ETA, and the estimated time of the run early on.
+    assert "estimated time for the run: 0:00:" in proc.stdout and "updates to go" in proc.stdout
+    for n in (2, 4, 6, 8):
+        assert f"update {n}/8: " in proc.stdout and " ex/s ETA 0:00:" in proc.stdout
+
+
+def test_truncated_tar_is_named_and_leaves_no_partial_unpack(tmp_path):
+    src = tmp_path / "src" / "train" / "cat"
+    src.mkdir(parents=True)
+    for i in range(20):
+        (src / f"{i}.bin").write_bytes(os.urandom(4096))
+    with tarfile.open(tmp_path / "d.tar", "w") as t:
+        t.add(tmp_path / "src", arcname="data")
+    data = (tmp_path / "d.tar").read_bytes()
+    (tmp_path / "d.tar").write_bytes(data[: len(data) // 2])
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        proc = sngm_train(["resnet", "--data-dir", str(tmp_path / "d.tar"), "--no-download", "--logdir",
+                           str(tmp_path / "run")], SNGM_DATA_CACHE=str(cache))
+        assert proc.returncode == 2, proc.stderr[-1500:]
+        assert f"{tmp_path / 'd.tar'}: cannot be unpacked, the tar is damaged or truncated" in proc.stderr
+    assert not [p for p in cache.iterdir()] if cache.exists() else True
+
+
+def write_folder(root, classes=3, per_class=4, seed=0):
+    rng = np.random.default_rng(seed)
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_corrupt_image_is_named(tmp_path):
+    write_folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "train" / "class1" / "2.png"
+    bad.write_bytes(b"not an image at all")
+    proc = sngm_train(["resnet", "--data-dir", str(tmp_path / "imgs"), "--no-download", "--logdir", str(tmp_path / "run")],
+                      SNGM_DATA_CACHE=str(tmp_path / "cache"))
+    assert proc.returncode == 2 and f"{bad}: not a decodable image" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_image_cache_follows_the_folder_content(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from trainers.data import images
+
+    monkeypatch.setenv("SNGM_DATA_CACHE", str(tmp_path / "cache"))
+    write_folder(tmp_path / "imgs", classes=3)
+    (x1, y1), _, c1, _ = images.load(data_dir=str(tmp_path / "imgs"))
+    target = tmp_path / "imgs" / "train" / "class0" / "1.png"
+    new = np.full((32, 32, 3), 7, np.uint8)
+    Image.fromarray(new).save(target)  # the same name, new pixels
+    (x2, _), _, _, _ = images.load(data_dir=str(tmp_path / "imgs"))
+    np.testing.assert_array_equal(x2[1], new)
+    assert not np.array_equal(x1[1], x2[1])
+    import shutil
+
+    for split in ("train", "test"):
+        shutil.rmtree(tmp_path / "imgs" / split / "class2")
+    (x3, y3), _, c3, _ = images.load(data_dir=str(tmp_path / "imgs"))
+    assert (c1, c3) == (3, 2) and len(x3) == 8 and y3.max() == 1
+
+
+def test_binary_or_misshapen_criteo_files_are_named(tmp_path):
+    (tmp_path / "model.bin").write_bytes(bytes(range(256)) * 10)
+    proc = sngm_train(["deepfm", "--data", str(tmp_path / "model.bin"), "--logdir", str(tmp_path / "run")])
+    assert proc.returncode == 2
+    assert f"sngm-train: error: {tmp_path / 'model.bin'}: is a binary file, not Criteo text" in proc.stderr
+    (tmp_path / "d.csv").write_text("label,I1,I2\n" + "1,2,3\n" * 300)
+    proc = sngm_train(["deepfm", "--data", str(tmp_path / "d.csv"), "--batch-size", "256", "--micro-batch", "256",
+                       "--logdir", str(tmp_path / "run")])
+    assert proc.returncode == 2
+    assert "CSV header 'label,I1,I2' is not Criteo's 40 columns" in proc.stderr and "larger than" not in proc.stderr
+
+
+def test_tfds_download_path_reaches_the_network(tmp_path, monkeypatch):
+    """Offline here: the download must fail at the network, not on a missing module."""
+    from tensorflow_datasets.core.download import downloader
+
+    from trainers.data import images
+
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 1)  # its default backs off for 200 s before giving up
+
+    with pytest.raises(images.DataNotFoundError) as e:
+        images.load("cifar10", tfds_dir=str(tmp_path / "tfds"), download=True)
+    msg = str(e.value)
+    assert "ModuleNotFoundError" not in msg and "ImportError" not in msg, msg
+    assert any(k in msg for k in ("ConnectionError", "NameResolution", "URLError", "DownloadError", "Max retries")), msg
+    assert "its download needs internet access" in msg
+
+
+def test_logs_share_one_step_axis_and_are_current(tmp_path):
+    """step n = the n-th update: its learning rate is the schedule at n-1, the epoch's
+    momentum_norm is ||u|| now, and no Keras batch_* points (micro-batch counts)."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    proc = sngm_train(SMALL + ["--epochs", "2", "--log-every", "1", "--diagnostics-every", "3", "--logdir", str(run)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    acc = EventAccumulator(str(run / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()["tensors"]
+    assert not [t for t in tags if t.startswith("batch_")], tags
+    value = lambda e: float(tf.make_ndarray(e.tensor_proto))  # noqa: E731
+    total = 8  # 128 examples / 32 per update x 2 epochs
+    lr = {e.step: value(e) for e in acc.Tensors("step/learning_rate")}
+    assert sorted(lr) == list(range(1, total + 1))
+    for n, got in lr.items():
+        assert got == pytest.approx(0.3 * (1 - (n - 1) / total) ** 1.1, rel=1e-5), n
+    diag = {e.step: value(e) for e in acc.Tensors("diagnostics/learning_rate")}
+    assert sorted(diag) == [1, 4, 7] and diag[4] == pytest.approx(lr[4], rel=1e-6)
+    # The epoch's momentum norm is the real ||u|| after its last update (from the checkpoint).
+    with np.load(run / "ckpt-00002" / "optimizer.npz") as d:
+        state = json.load(open(run / "ckpt-00002" / "state.json"))
+        u = [d[str(i)] for i, p in enumerate(state["optimizer_variables"]) if p.split("/")[-1].endswith("_momentum")]
+    history = json.load(open(run / "history.json"))["history"]
+    assert len(u) > 5
+    assert history["momentum_norm"][-1] == pytest.approx(np.sqrt(sum(np.sum(m.astype(np.float64) ** 2) for m in u)), rel=1e-5)
+    assert history["learning_rate"][-1] == pytest.approx(lr[total], rel=1e-6)
+
+
+def test_gen_criteo_rejects_nonsense_row_counts(tmp_path):
+    proc = sngm_train(["gen-criteo", "--out", str(tmp_path / "d"), "--train-rows", "-3"])
+    assert proc.returncode == 2 and proc.stderr.strip() == "sngm-train: error: --train-rows must be >= 1. Received: -3"
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,199 @@
+"""Every knob of the trainers, with the reason it exists, its task and its rule.
+
+`sngm-train resnet -h` / `sngm-train deepfm -h` print the reasons. A task's parser has
+only the flags that apply to it (`sngm-train deepfm --depth 50` is an error), and
+`validate` rejects bad values, naming the flag and the value, before any data is read.
+This module imports neither TensorFlow nor Keras, so bad flags fail in well under a
+second.
+"""
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+
+BOTH, RESNET, DEEPFM = ("resnet", "deepfm"), ("resnet",), ("deepfm",)
+OPTIMIZERS = ("msgd", "sngm", "block_sngm", "lars", "adam")
+SCHEDULES = ("poly", "cosine", "step", "constant")
+COMPRESSIONS = ("none", "fp16")
+DATASETS = ("cifar10", "cifar100", "synthetic")
+CIFAR_DEPTHS_HINT = "6n+2 (20, 32, 44, 56, 110) for 32x32 input, 18/34/50 for ImageNet-size input"
+
+
+def knob(default, why, tasks=BOTH, choices=None, default_factory=None):
+    meta = {"help": why, "tasks": tasks, "choices": choices}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # --- optimization (the paper's recipe) ---
+    optimizer: str = knob("sngm", "what the paper compares: momentum SGD with L2 as in PyTorch (msgd), SNGM, "
+                          "block-wise SNGM, LARS, Adam", choices=OPTIMIZERS)
+    batch_size: int = knob(4096, "global batch B over all workers: the quantity being scaled")
+    micro_batch: int = knob(128, "examples per worker per forward pass; B/(workers x micro-batch) are accumulated "
+                            "(the paper: 128)")
+    lr: float = knob(1.6, "peak learning rate for the global batch (SNGM's step length is lr*||u|| <= lr/(1-beta))")
+    schedule: str = knob("poly", "the paper uses poly-power or cosine, without warm-up", choices=SCHEDULES)
+    power: float = knob(1.1, "poly power p in lr*(1-t/T)^p (the paper: 1.1 or 2)")
+    warmup_epochs: float = knob(0.0, "linear warm-up; SNGM needs none, MSGD and LARS at large batch usually do")
+    momentum: float = knob(0.9, "beta of the momentum, in [0, 1)")
+    weight_decay: float = knob(1e-4, "L2 strength (the paper's ResNet value 1e-4)")
+    trust_coefficient: float = knob(0.001, "LARS eta: scales the trust ratio ||w||/||g||")
+    epochs: int = knob(160, "passes over the training data (the paper's CIFAR setting)")
+    scale_lr: bool = knob(False, "multiply --lr by the number of workers (off: --lr is already for the global batch)")
+    steps_per_epoch: int = knob(0, "updates per epoch; 0 = training examples // batch size")
+    # --- distribution ---
+    compression: str = knob("none", "fp16 halves the allreduce bytes at some precision cost", choices=COMPRESSIONS)
+    seed: int = knob(0, "model init, data order and augmentation all derive from it")
+    deterministic: bool = knob(False, "TensorFlow op determinism (slower): bit-exact resume checks")
+    # --- run directory ---
+    logdir: str = knob("runs/default", "where checkpoints, TensorBoard events, config.json and history.json go")
+    resume: bool = knob(False, "continue from the newest checkpoint in --logdir (a finished run is left as it is)")
+    stop_after: int = knob(0, "end this invocation after N epochs (job time limits); the schedule still spans "
+                           "--epochs; 0 = run to the end")
+    ckpt_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)")
+    keep: int = knob(3, "checkpoints kept (0 = all)")
+    log_every: int = knob(50, "updates between step-level TensorBoard points and progress lines")
+    diagnostics_every: int = knob(50, "updates between diagnostics (norms, noise scale); 0 = off")
+    verbose: bool = knob(True, "rank 0 prints the configuration, progress lines and per-epoch results")
+    eval_batch: int = knob(1000, "evaluation batch (no gradients: memory is not the limit)")
+    # --- resnet ---
+    depth: int = knob(20, CIFAR_DEPTHS_HINT, RESNET)
+    dataset: str = knob("cifar10", "cifar10 | cifar100 (--data-dir or tensorflow-datasets) | synthetic (benchmarks)",
+                        RESNET, DATASETS)
+    data_dir: str = knob("", "CIFAR pickle/binary batches, an image folder (train/<class>/*, test/<class>/*) or a "
+                         ".tar of one", RESNET)
+    tfds_dir: str = knob("", "tensorflow-datasets data_dir (default ~/tensorflow_datasets)", RESNET)
+    download: bool = knob(True, "let tensorflow-datasets download when the data is not prepared", RESNET)
+    image_size: int = knob(32, "input size; > 64 selects the ImageNet ResNets", RESNET)
+    num_classes: int = knob(0, "classes of --dataset synthetic; 0 = 10", RESNET)
+    train_subset: int = knob(0, "train on a fixed random subset of this many images (CPU studies); 0 = all", RESNET)
+    test_subset: int = knob(0, "likewise for the test set; 0 = all", RESNET)
+    augment: bool = knob(True, "pad-4 random crop + horizontal flip", RESNET)
+    validation_split: float = knob(0.0, "hold out this fraction of the training set (a fixed draw) to tune on, "
+                                   "not on the test set", RESNET)
+    # --- deepfm ---
+    data: str = knob("", "Criteo TSV/CSV file (gzipped or not), directory or glob; or 'synthetic' (random rows, "
+                     "no parsing: benchmarks)", DEEPFM)
+    test_data: str = knob("", "held-out Criteo file(s) for AUC / log loss", DEEPFM)
+    val_data: str = knob("", "validation file(s) to tune on; the test data is then evaluated once, at the end", DEEPFM)
+    train_rows: int = knob(0, "rows in --data if known (skips a counting pass over the files); with "
+                           "--data synthetic, rows per epoch (0 = 2^20)", DEEPFM)
+    hash_space: int = knob(2**18, "buckets shared by the 26 categorical fields", DEEPFM)
+    embedding_dim: int = knob(16, "FM/DNN embedding size", DEEPFM)
+    hidden: list = knob(None, "DNN widths (the DeepFM paper: 400 400 400)", DEEPFM,
+                        default_factory=lambda: [400, 400, 400])
+    dropout: float = knob(0.0, "DNN dropout, in [0, 1)", DEEPFM)
+    shuffle_buffer: int = knob(100_000, "rows in the shuffle window (memory is bounded by it, not by the files)",
+                               DEEPFM)
+    skip_bad_rows: bool = knob(False, "drop and count malformed rows instead of stopping at the first", DEEPFM)
+
+
+# Each task's own recipe where it differs from ResNet's.
+TASK_DEFAULTS = {
+    "resnet": {},
+    "deepfm": dict(batch_size=8192, micro_batch=1024, lr=0.1, weight_decay=0.0, epochs=5, schedule="cosine"),
+}
+
+
+def fields_of(task):
+    return [f for f in dataclasses.fields(Config) if task in f.metadata["tasks"]]
+
+
+def defaults(task):
+    return dataclasses.replace(Config(), **TASK_DEFAULTS[task])
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser, task):
+    """One flag per field of `task`, with the field's reason as its help."""
+    import argparse
+
+    base = defaults(task)
+    for f in fields_of(task):
+        default = getattr(base, f.name)
+        kw = {"default": default, "help": f"{f.metadata['help']} (default: {default})"}
+        if f.metadata["choices"]:
+            kw["choices"] = f.metadata["choices"]
+        if isinstance(default, bool):
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif isinstance(default, list):
+            parser.add_argument(flag(f.name), type=int, nargs="+", **kw)
+        else:
+            parser.add_argument(flag(f.name), type=type(default), **kw)
+
+
+def from_args(args, task):
+    values = {f.name: getattr(args, f.name) for f in fields_of(task)}
+    return dataclasses.replace(defaults(task), **values)
+
+
+def validate(cfg, task):
+    """Raises ValueError naming the first bad flag and its value. Cheap: no data is read."""
+    def need(ok, name, rule):
+        if not ok:
+            raise ValueError(f"{flag(name)} {rule}. Received: {getattr(cfg, name)!r}")
+
+    def finite(x):
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch"):
+        need(getattr(cfg, name) >= 1, name, "must be >= 1")
+    for name in ("steps_per_epoch", "stop_after", "keep", "diagnostics_every", "seed"):
+        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+    need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be a positive number")
+    need(finite(cfg.power) and cfg.power > 0, "power", "must be a positive number")
+    need(finite(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs < cfg.epochs, "warmup_epochs",
+         f"must be in [0, --epochs={cfg.epochs})")
+    need(finite(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
+    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be a number >= 0")
+    need(finite(cfg.trust_coefficient) and cfg.trust_coefficient > 0, "trust_coefficient", "must be a positive number")
+    _check_logdir(cfg.logdir)
+    if task == "resnet":
+        need(cfg.image_size >= 8, "image_size", "must be >= 8")
+        cifar = cfg.image_size <= 64
+        need(cfg.depth in (18, 34, 50) if not cifar else (cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0), "depth",
+             f"must be {'6n+2 (20, 32, 44, 56, 110)' if cifar else '18, 34 or 50'} for --image-size {cfg.image_size}")
+        for name in ("num_classes", "train_subset", "test_subset"):
+            need(getattr(cfg, name) >= 0, name, "must be >= 0")
+        need(cfg.dataset != "synthetic" or cfg.num_classes != 1, "num_classes", "must be >= 2")
+        need(finite(cfg.validation_split) and 0 <= cfg.validation_split < 1, "validation_split", "must be in [0, 1)")
+        need(not cfg.data_dir or os.path.exists(cfg.data_dir), "data_dir", "does not exist")
+    else:
+        need(bool(cfg.data), "data", "is required: Criteo files, or 'synthetic'")
+        need(cfg.data == "synthetic" or bool(_glob(cfg.data)), "data", "matches no file or directory")
+        for name in ("test_data", "val_data"):
+            need(not getattr(cfg, name) or bool(_glob(getattr(cfg, name))), name, "matches no file or directory")
+        for name in ("train_rows", "shuffle_buffer"):
+            need(getattr(cfg, name) >= 0, name, "must be >= 0")
+        for name in ("hash_space", "embedding_dim"):
+            need(getattr(cfg, name) >= 1, name, "must be >= 1")
+        need(bool(cfg.hidden) and all(h >= 1 for h in cfg.hidden), "hidden", "must be one or more widths >= 1")
+        need(finite(cfg.dropout) and 0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
+
+
+def _glob(pattern):
+    import glob
+
+    return os.path.exists(pattern) or glob.glob(pattern)
+
+
+def _check_logdir(path):
+    """The run directory must be a directory we can create and write (tried for real:
+    permission bits say nothing for root or on a read-only file system)."""
+    import tempfile
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--logdir {path!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--logdir {path!r} is not writable ({e.strerror or e})") from None
