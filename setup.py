@@ -18,7 +18,7 @@ setup(
         "tensorflow": ["tensorflow>=2.16", "tensorboard"],
         # Horovod must be built against the installed TensorFlow: see tools/install_horovod.sh.
         "horovod": ["horovod==0.28.1"],
-        "datasets": ["tensorflow-datasets>=4.9"],
+        "datasets": ["tensorflow-datasets>=4.9", "importlib_resources"],  # TFDS imports it undeclared
         "study": ["matplotlib"],
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "psutil"],
     },

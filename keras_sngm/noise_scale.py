@@ -29,3 +29,61 @@ def critical_batch(g2, trace):
     """B_simple = tr(Sigma) / |G|^2 and Yin et al.'s diversity bound 1 + B_simple."""
     b_simple = tf.math.divide_no_nan(trace, g2)
     return b_simple, 1.0 + b_simple
+
+
+def _squared_norm(grads):
+    return tf.add_n([2.0 * tf.nn.l2_loss(tf.cast(tf.convert_to_tensor(g), tf.float32)) for g in grads])
+
+
+class NoiseScaleEstimator:
+    """Running estimates of |G|^2, tr(Sigma) and B_simple from the two batch sizes that
+    data-parallel training with accumulation already computes: each micro-batch
+    gradient (B_s = `micro_batch_size` examples) and their average over all micro-batches
+    of all workers (B_b = B_s * `micro_batches`).
+
+    Per update: `add_micro(grads)` for each local micro-batch; `local_mean()` is the
+    scalar to average over workers (it may travel in the gradients' allreduce);
+    `update(mean_over_workers, averaged_grads)` folds one unbiased estimate into EMAs
+    (bias-corrected when read). State lives in variables made by `add_variable`
+    (e.g. an optimizer's, so it is saved with it); `state_variables()` are those worth
+    checkpointing (not the per-update accumulator).
+
+    Args:
+        micro_batch_size: examples per micro-batch on one worker (B_s).
+        micro_batches: micro-batches per update over all workers (B_b / B_s), >= 2.
+        add_variable: `fn(shape, dtype, name) -> variable`.
+        ema: decay of the moving averages. Defaults to `0.95`.
+    """
+
+    NAMES = ("small_sq_sum", "g2", "trace", "g2_ema", "trace_ema", "ema_weight")
+
+    def __init__(self, micro_batch_size, micro_batches, add_variable, ema=0.95):
+        self.b_small, self.ratio, self.ema = micro_batch_size, micro_batches, float(ema)
+        self.vars = {n: add_variable(shape=(), dtype="float32", name=f"noise_{n}") for n in self.NAMES}
+
+    def state_variables(self):
+        return [self.vars[n] for n in self.NAMES[1:]]
+
+    def add_micro(self, grads):
+        self.vars["small_sq_sum"].assign_add(_squared_norm(grads))  # |g_micro|^2
+
+    def local_mean(self, local_micro_batches):
+        return self.vars["small_sq_sum"] / local_micro_batches
+
+    def update(self, small_mean, grads):
+        v, a = self.vars, self.ema
+        g2, trace = unbiased_estimates(small_mean, _squared_norm(grads), self.b_small, self.b_small * self.ratio)
+        v["g2"].assign(g2)
+        v["trace"].assign(trace)
+        v["g2_ema"].assign(a * v["g2_ema"] + (1 - a) * g2)
+        v["trace_ema"].assign(a * v["trace_ema"] + (1 - a) * trace)
+        v["ema_weight"].assign(a * v["ema_weight"] + (1 - a))
+        v["small_sq_sum"].assign(0.0)
+
+    def result(self):
+        """{"g2", "trace"} (bias-corrected EMAs), "b_simple", "diversity_bound", "batch"."""
+        w = max(float(self.vars["ema_weight"].numpy()), 1e-12)
+        g2, trace = self.vars["g2_ema"].numpy() / w, self.vars["trace_ema"].numpy() / w
+        b_simple, bound = (float(x) for x in critical_batch(g2, trace))
+        return {"g2": float(g2), "trace": float(trace), "b_simple": b_simple, "diversity_bound": bound,
+                "batch": self.b_small * self.ratio}

@@ -175,6 +175,7 @@ def test_criteo_csv_with_header(tmp_path):
 
 BAD_ROWS = {  # defect -> (row, the reason the error must give)
     "too many fields": ("\t".join(["0"] * 41), "41 fields, at most 40 expected"),
+    "a 41st field that is empty": ("\t".join(["0"] * 40) + "\t", "41 fields, at most 40 expected"),
     "label not 0/1": ("2\t1\t2", "label '2' is not 0 or 1"),
     "empty label": ("\t1\t2", "label '' is not 0 or 1"),
     "non-numeric integer": ("0\t1\tabc\t3", "integer field I2 is not a number: 'abc'"),
@@ -245,9 +246,9 @@ def test_vectorized_parser_equals_rowwise_reference(tmp_path):
 def test_vectorized_parser_equals_rowwise_on_real_samples(shared_data):
     from criteo_rowwise import parse_file
 
-    for name, csv in (("criteo_1k.tsv", False), ("criteo_sample.csv", True)):
+    for name, is_csv in (("criteo_1k.tsv", False), ("criteo_sample.csv", True)):
         path = os.path.join(shared_data, "criteo", name)
-        want = parse_file(path, 2**18, csv=csv)
+        want = parse_file(path, 2**18, csv=is_csv)
         got = list(criteo.dataset(path, 10_000, 2**18, drop_remainder=False))
         assert len(got) == 1 and len(want) == len(got[0][1])
         np.testing.assert_array_max_ulp(got[0][0]["dense"].numpy(), np.stack([r[0] for r in want]), maxulp=2)

@@ -1,4 +1,4 @@
-"""SNGM/BlockSNGM/LARS inside Keras: fit, save/load, accumulation, distribution, XLA."""
+"""SNGM/BlockSNGM/LARS/MSGD inside Keras: fit, save/load, accumulation, distribution, XLA."""
 
 import numpy as np
 import pytest
@@ -6,12 +6,14 @@ import keras
 import tensorflow as tf
 
 import reference as ref
-from keras_sngm import LARS, SNGM, BlockSNGM
+from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
-OPTIMIZERS = {
-    "SNGM": lambda **kw: SNGM(learning_rate=0.05, momentum=0.9, weight_decay=1e-3, **kw),
-    "BlockSNGM": lambda **kw: BlockSNGM(learning_rate=0.05, momentum=0.9, weight_decay=1e-3, **kw),
-    "LARS": lambda **kw: LARS(learning_rate=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.01, **kw),
+OPTIMIZERS = {  # keyword arguments given to a test override these
+    "SNGM": lambda **kw: SNGM(**{"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3, **kw}),
+    "BlockSNGM": lambda **kw: BlockSNGM(**{"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3, **kw}),
+    "LARS": lambda **kw: LARS(**{"learning_rate": 0.5, "momentum": 0.9, "weight_decay": 1e-3,
+                                 "trust_coefficient": 0.01, **kw}),
+    "MSGD": lambda **kw: MSGD(**{"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3, **kw}),
 }
 
 
@@ -63,8 +65,7 @@ def test_save_load_continue_equals_uninterrupted(name, tmp_path):
 
     def compiled():
         m = mlp()
-        m.compile(optimizer=OPTIMIZERS[name](), loss="mse")
-        m.optimizer.learning_rate = 0.05 if name != "LARS" else 0.5
+        m.compile(optimizer=OPTIMIZERS[name](learning_rate=sched), loss="mse")
         return m
 
     straight = compiled()
@@ -77,10 +78,13 @@ def test_save_load_continue_equals_uninterrupted(name, tmp_path):
     resumed = keras.models.load_model(path)
     assert type(resumed.optimizer) is type(first.optimizer)
     assert int(resumed.optimizer.iterations) == 8
+    # The schedule comes back as a schedule, at its position: lr = sched(8), not its start.
+    assert resumed.optimizer.get_config()["learning_rate"]["class_name"] == "PolynomialDecay"
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(float(sched(8)), rel=1e-6)
+    assert float(sched(8)) < 0.7 * float(sched(0))
     assert_same([v.numpy() for v in resumed.optimizer.momentums], [v.numpy() for v in first.optimizer.momentums], 0, 0)
     resumed.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert_same(weights(resumed), weights(straight), rtol=1e-6, atol=1e-7)
-    del sched
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -145,6 +144,7 @@ def test_restore_rejects_a_checkpoint_of_another_optimizer(tmp_path):
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
     (["--lr", "-1"], "--lr must be a positive number"),
+    (["--steps-per-epoch", "5"], "--steps-per-epoch 5 is more than the 4 updates one pass over the training data gives"),
 ])
 def test_bad_flags_give_clear_errors(tmp_path, flags, needle):
     base = [f for f in SMALL]

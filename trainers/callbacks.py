@@ -65,7 +65,7 @@ class ProgressLogger(keras.callbacks.Callback):
         rate = self.updates_window * self.global_batch / (now - self.t_window)
         lr = lr_used(self.schedule, self.model.optimizer)
         if self.writer is not None:
-            with self.writer.as_default(step=step):
+            with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
                 tf.summary.scalar("step/learning_rate", lr)
                 tf.summary.scalar("step/examples_per_sec", rate)
                 for k, v in (logs or {}).items():
@@ -139,7 +139,7 @@ class DiagnosticsLogger(keras.callbacks.Callback):
             return  # log right after the update whose diagnostics were refreshed
         self._last = step
         scalars, hists = self.values()
-        with self.writer.as_default(step=step):
+        with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
             for k, v in scalars.items():
                 tf.summary.scalar(f"diagnostics/{k}", v)
             for k, v in hists.items():

@@ -29,7 +29,14 @@ def list_checkpoints(run_dir):
 
 
 def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
-    """Writes checkpoint `ckpt-{epoch}` atomically and keeps the newest `keep`."""
+    """Writes checkpoint `ckpt-{epoch}` atomically and keeps the newest `keep`. Refuses
+    (ValueError, nothing written or deleted) when a weight or optimizer value is not
+    finite, so rotation never replaces a finite checkpoint by a diverged one."""
+    opt_vars = _optimizer_state(optimizer)
+    bad = [v.path for v in list(model.weights) + list(opt_vars) if not np.all(np.isfinite(np.asarray(v.numpy())))]
+    if bad:
+        raise ValueError(f"not saving checkpoint {epoch} in {run_dir}: {len(bad)} tensors hold NaN or Inf "
+                         f"(first: {bad[0]})")
     os.makedirs(run_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(run_dir, ".tmp-ckpt-*")):
         shutil.rmtree(stale, ignore_errors=True)
@@ -37,7 +44,6 @@ def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
     tmp = os.path.join(run_dir, f".tmp-ckpt-{epoch:05d}-{os.getpid()}")
     os.makedirs(tmp)
     model.save_weights(os.path.join(tmp, "model.weights.h5"))
-    opt_vars = _optimizer_state(optimizer)
     with open(os.path.join(tmp, "optimizer.npz"), "wb") as f:
         np.savez(f, **{str(i): v.numpy() for i, v in enumerate(opt_vars)})
     state = {"epoch": epoch, "optimizer_variables": [v.path for v in opt_vars], **(extra or {})}

@@ -5,6 +5,9 @@
     horovodrun -np 4 sngm-train deepfm --data train.tsv --test-data test.tsv --optimizer sngm ...
     sngm-train gen-criteo --out data/planted --train-rows 200000 --test-rows 50000
     sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar   (see `sngm-train study -h`)
+
+Exit status: 0 done (or already finished), 2 bad flags or data, 3 training diverged
+(a NaN/Inf loss or weights; nothing non-finite is saved).
 """
 
 import argparse
@@ -24,6 +27,15 @@ def build_parser():
     for task in ("resnet", "deepfm"):
         config.add_flags(sub.add_parser(task, help=f"train {task} (flags: sngm-train {task} -h)"), task)
     sub.add_parser("study", help="a grid of runs: optimizers x batch sizes x seeds (sngm-train study -h)", add_help=False)
+    prep = sub.add_parser("prep-criteo", help="parse Criteo text once into binary records that epochs read "
+                                              "without parsing; then pass the folder as --data/--test-data")
+    prep.add_argument("--data", required=True, help="Criteo TSV/CSV files (gzipped or not), a directory or a glob")
+    prep.add_argument("--out", required=True, help="the folder to write (part-*.bin, meta.json)")
+    prep.add_argument("--hash-space", type=int, default=2**18, help="buckets of the hashed ids: must equal the "
+                      "training run's --hash-space (checked)")
+    prep.add_argument("--rows-per-shard", type=int, default=1 << 20, help="rows per part file: enough parts lets "
+                      "workers read by file")
+    prep.add_argument("--skip-bad-rows", action="store_true", help="drop and count malformed rows instead of stopping")
     gen = sub.add_parser("gen-criteo", help="write Criteo-format data with a planted ground truth")
     gen.add_argument("--out", required=True)
     gen.add_argument("--train-rows", type=int, default=200_000)
@@ -52,6 +64,8 @@ def main(argv=None):
 
         print(planted_ctr.generate(args.out, args.train_rows, args.test_rows, args.seed, args.val_rows))
         return 0
+    if args.command == "prep-criteo":
+        return _prep_criteo(args)
     cfg = config.from_args(args, args.command)
     try:
         config.validate(cfg, args.command)  # before TensorFlow is imported or any data read
@@ -60,21 +74,55 @@ def main(argv=None):
         return 2
     import tensorflow as tf
 
-    from trainers import engine, tasks
+    from trainers import checkpoint, engine, tasks
     from trainers.data.images import DataNotFoundError
+    from trainers.guard import Diverged
 
     try:
         engine.train(cfg, tasks.TASKS[args.command])
+    except Diverged as e:
+        kept = checkpoint.latest(cfg.logdir)
+        print(f"sngm-train: error: training diverged: {e}. Nothing non-finite was saved; "
+              f"{'the newest checkpoint is ' + kept if kept else 'no checkpoint was written'}.", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, DataNotFoundError) as e:
         print(f"sngm-train: error: {e}", file=sys.stderr)
         return 2
     except tf.errors.InvalidArgumentError as e:
-        m = re.search(r"\[Malformed Criteo row:\] \[(.*?)\] \[line\] \[(\d+)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
-        if not m:
-            raise
-        path, line, reason, hint = (codecs.escape_decode(g)[0].decode("utf-8", "replace") for g in m.groups())  # tf.Assert C-escapes
-        print(f"sngm-train: error: malformed Criteo row in {path}, line {line}: {reason} {hint}", file=sys.stderr)
+        return _malformed_row(e)
+    return 0
+
+
+def _malformed_row(e):
+    """Exit 2 with the file, line and reason of a malformed Criteo row, else re-raise."""
+    m = re.search(r"\[Malformed Criteo row:\] \[(.*?)\] \[line\] \[(\d+)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
+    if not m:
+        raise e
+    path, line, reason, hint = (codecs.escape_decode(g)[0].decode("utf-8", "replace") for g in m.groups())  # tf.Assert C-escapes
+    print(f"sngm-train: error: malformed Criteo row in {path}, line {line}: {reason} {hint}", file=sys.stderr)
+    return 2
+
+
+def _prep_criteo(args):
+    if args.hash_space < 1 or args.rows_per_shard < 1:
+        bad = "--hash-space" if args.hash_space < 1 else "--rows-per-shard"
+        print(f"sngm-train: error: {bad} must be >= 1. Received: {getattr(args, bad[2:].replace('-', '_'))}",
+              file=sys.stderr)
         return 2
+    import tensorflow as tf
+
+    from trainers.data import criteo, criteo_binary
+
+    try:
+        meta = criteo_binary.prepare(criteo.resolve_files(args.data), args.out, args.hash_space, args.rows_per_shard,
+                                     args.skip_bad_rows)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sngm-train: error: {e}", file=sys.stderr)
+        return 2
+    except tf.errors.InvalidArgumentError as e:
+        return _malformed_row(e)
+    print(f"prepared {meta['rows']} rows in {len(meta['shards'])} part files in {args.out}"
+          + (f"; skipped {meta['bad_rows_skipped']} malformed rows" if args.skip_bad_rows else ""))
     return 0
 
 

@@ -43,10 +43,19 @@ class Config:
     weight_decay: float = knob(1e-4, "L2 strength (the paper's ResNet value 1e-4)")
     trust_coefficient: float = knob(0.001, "LARS eta: scales the trust ratio ||w||/||g||")
     epochs: int = knob(160, "passes over the training data (the paper's CIFAR setting)")
+    on_nonfinite: str = knob("stop", "adam (a Keras optimizer) on a NaN/Inf gradient: stop (it reaches the weights and "
+                             "the divergence guard ends the run, nothing saved) or skip (the update is skipped and "
+                             "counted); msgd, sngm, block_sngm and lars always skip such a step",
+                             choices=("stop", "skip"))
     scale_lr: bool = knob(False, "multiply --lr by the number of workers (off: --lr is already for the global batch)")
     steps_per_epoch: int = knob(0, "updates per epoch; 0 = training examples // batch size")
     # --- distribution ---
     compression: str = knob("none", "fp16 halves the allreduce bytes at some precision cost", choices=COMPRESSIONS)
+    elastic: bool = knob(False, "under horovodrun's elastic mode (a minimum and maximum of workers and a host "
+                         "discovery script): keep training when workers leave or join (same global batch, more or "
+                         "less accumulation per worker)")
+    commit_every: int = knob(20, "with --elastic, updates between in-memory commits: what a worker failure rolls "
+                             "back")
     seed: int = knob(0, "model init, data order and augmentation all derive from it")
     deterministic: bool = knob(False, "TensorFlow op determinism (slower): bit-exact resume checks")
     # --- run directory ---
@@ -76,9 +85,9 @@ class Config:
     validation_split: float = knob(0.0, "hold out this fraction of the training set (a fixed draw) to tune on, "
                                    "not on the test set", RESNET)
     # --- deepfm ---
-    data: str = knob("", "Criteo TSV/CSV file (gzipped or not), directory or glob; or 'synthetic' (random rows, "
-                     "no parsing: benchmarks)", DEEPFM)
-    test_data: str = knob("", "held-out Criteo file(s) for AUC / log loss", DEEPFM)
+    data: str = knob("", "Criteo TSV/CSV file (gzipped or not), directory or glob; a folder written by "
+                     "`sngm-train prep-criteo` (no parsing per epoch); or 'synthetic' (random rows: benchmarks)", DEEPFM)
+    test_data: str = knob("", "held-out Criteo file(s) or prepared folder for AUC / log loss", DEEPFM)
     val_data: str = knob("", "validation file(s) to tune on; the test data is then evaluated once, at the end", DEEPFM)
     train_rows: int = knob(0, "rows in --data if known (skips a counting pass over the files); with "
                            "--data synthetic, rows per epoch (0 = 2^20)", DEEPFM)
@@ -143,7 +152,7 @@ def validate(cfg, task):
     def finite(x):
         return isinstance(x, (int, float)) and math.isfinite(x)
 
-    for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch"):
+    for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
     for name in ("steps_per_epoch", "stop_after", "keep", "diagnostics_every", "seed"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")

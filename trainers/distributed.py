@@ -12,8 +12,7 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_sngm import noise_scale
-from keras_sngm._base import squared_norm
+from keras_sngm.noise_scale import NoiseScaleEstimator
 
 try:
     import horovod.tensorflow as hvd  # HVD
@@ -121,6 +120,10 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             averaged one (see `noise_scale()`); its one scalar travels in the same
             allreduce as the gradients. Defaults to `None` (off).
         noise_ema: EMA decay of the noise-scale estimates. Defaults to `0.95`.
+        skip_nonfinite: skip (and count in `skipped_steps`) an update whose averaged
+            gradient holds a NaN or Inf, for inner optimizers that would apply it
+            (Keras' own); the keras_sngm optimizers skip such steps themselves.
+            Defaults to `False`.
         name: String. Defaults to `None`.
 
     References:
@@ -129,7 +132,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, inner_optimizer, accumulation_steps=1, compression="none", sparse_as_dense=False,
-                 micro_batch_size=None, noise_ema=0.95, name=None):
+                 micro_batch_size=None, noise_ema=0.95, skip_nonfinite=False, name=None):
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise ValueError(f"`inner_optimizer` must be a keras.optimizers.Optimizer. Received: inner_optimizer={inner_optimizer!r}")
         if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -146,6 +149,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self.accumulation_steps = accumulation_steps
         self.compression = compression
         self.sparse_as_dense = bool(sparse_as_dense)
+        self.skip_nonfinite = bool(skip_nonfinite)
 
     def build(self, var_list):
         if self.built:
@@ -157,19 +161,18 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         # Micro-batch gradients per update over all workers: the noise-scale ratio B_b/B_s.
         # The noise state exists whenever asked for, so checkpoints do not depend on the
         # number of workers; it is updated only when there are two batch sizes (ratio > 1).
+        self.skipped_steps = self.add_variable(shape=(), dtype="int64", name="skipped_steps")
         self._ratio = self.accumulation_steps * size()
-        self._noise = {}
+        self.noise = None
         if self.micro_batch_size:
-            for name in ("small_sq_sum", "g2", "trace", "g2_ema", "trace_ema", "ema_weight"):
-                self._noise[name] = self.add_variable(shape=(), dtype="float32", name=f"noise_{name}")
+            self.noise = NoiseScaleEstimator(self.micro_batch_size, self._ratio, self.add_variable, self.noise_ema)
         super().build(var_list)
 
     def checkpoint_variables(self):
         """The state worth saving: the inner optimizer's and the noise-scale EMAs. The
         accumulators and counters are zero at update boundaries and depend on the number
         of workers, so they are left out: a run can resume on another worker count."""
-        keep = ("g2", "trace", "g2_ema", "trace_ema", "ema_weight")
-        return self.inner_optimizer.variables + [self._noise[k] for k in keep if k in self._noise]
+        return self.inner_optimizer.variables + (self.noise.state_variables() if self.noise else [])
 
     @property
     def variables(self):
@@ -183,9 +186,8 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             self.build(trainable_variables)
         pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
-        estimate = bool(self._noise) and self._ratio > 1
-        if estimate:  # |g_micro|^2 of this worker's micro-batch gradient
-            self._noise["small_sq_sum"].assign_add(tf.add_n([squared_norm(tf.convert_to_tensor(g)) for g in grads]))
+        if self.noise and self._ratio > 1:
+            self.noise.add_micro(grads)
         if self.accumulation_steps == 1:
             self._update(grads, variables)
             return
@@ -205,34 +207,37 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
     def _update(self, grads, variables):
         """Averages `grads` (this worker's mean over its micro-batches) over workers and
         steps the inner optimizer once."""
-        if not (self._noise and self._ratio > 1):
-            self.inner_optimizer.apply(allreduce_gradients(grads, self.compression, self.sparse_as_dense), variables)
+        if not (self.noise and self._ratio > 1):
+            self._step_inner(allreduce_gradients(grads, self.compression, self.sparse_as_dense), variables)
             return
-        small = self._noise["small_sq_sum"] / self.accumulation_steps
+        small = self.noise.local_mean(self.accumulation_steps)  # travels in the gradients' allreduce
         reduced = allreduce_gradients(grads + [tf.reshape(small, [1])], self.compression, self.sparse_as_dense)
-        small, grads = reduced[-1][0], reduced[:-1]  # mean |g_micro|^2 over all micro-batches
-        big = tf.add_n([squared_norm(tf.convert_to_tensor(g)) for g in grads])  # |g_global|^2
-        g2, trace = noise_scale.unbiased_estimates(small, big, self.micro_batch_size, self.micro_batch_size * self._ratio)
-        n, a = self._noise, self.noise_ema
-        n["g2"].assign(g2)
-        n["trace"].assign(trace)
-        n["g2_ema"].assign(a * n["g2_ema"] + (1 - a) * g2)
-        n["trace_ema"].assign(a * n["trace_ema"] + (1 - a) * trace)
-        n["ema_weight"].assign(a * n["ema_weight"] + (1 - a))
-        n["small_sq_sum"].assign(0.0)
-        self.inner_optimizer.apply(grads, variables)
+        self.noise.update(reduced[-1][0], reduced[:-1])
+        self._step_inner(reduced[:-1], variables)
+
+    def _step_inner(self, grads, variables):
+        if not self.skip_nonfinite:
+            self.inner_optimizer.apply(grads, variables)
+            return
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))) for g in grads])
+
+        def step():
+            self.inner_optimizer.apply(grads, variables)
+            return tf.constant(True)
+
+        def skip():
+            self.skipped_steps.assign_add(1)
+            return tf.constant(False)
+
+        tf.cond(finite, step, skip)
 
     def noise_scale(self):
         """{"g2", "trace"} (EMAs, bias-corrected), "b_simple" (the critical batch size
         estimate), "diversity_bound" (Yin et al.'s n * Delta), "batch" (B in use);
         or None when off (no micro_batch_size, or one micro-batch per update in all)."""
-        if not self._noise or self._ratio < 2:
+        if not self.noise or self._ratio < 2:
             return None
-        w = max(float(self._noise["ema_weight"].numpy()), 1e-12)
-        g2, trace = self._noise["g2_ema"].numpy() / w, self._noise["trace_ema"].numpy() / w
-        b_simple, bound = (float(x) for x in noise_scale.critical_batch(g2, trace))
-        return {"g2": float(g2), "trace": float(trace), "b_simple": b_simple, "diversity_bound": bound,
-                "batch": self.micro_batch_size * self._ratio}
+        return self.noise.result()
 
     @property
     def learning_rate(self):
@@ -261,6 +266,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             "sparse_as_dense": self.sparse_as_dense,
             "micro_batch_size": self.micro_batch_size,
             "noise_ema": self.noise_ema,
+            "skip_nonfinite": self.skip_nonfinite,
         }
 
     @classmethod

@@ -3,12 +3,14 @@ layer (`trainers.distributed`) around the optimizer and in the callbacks."""
 
 import dataclasses
 import json
+import math
 import os
 
 import keras
 
 from trainers import checkpoint, config, distributed, recipes
 from trainers.callbacks import DiagnosticsLogger, ProgressLogger
+from trainers.guard import Diverged, DivergenceGuard
 
 
 def check_batch(global_batch, workers, micro_batch):
@@ -53,12 +55,14 @@ def train(cfg, task_cls):
     size = distributed.size()
     k = check_batch(cfg.batch_size, size, cfg.micro_batch)
     task = task_cls(cfg)
-    if cfg.steps_per_epoch:
-        updates_per_epoch = cfg.steps_per_epoch
-    elif hasattr(task, "updates_per_epoch"):  # streamed data: what every worker's shard can fill
+    if hasattr(task, "updates_per_epoch"):  # streamed data: what every worker's shard can fill
         updates_per_epoch = task.updates_per_epoch(cfg.batch_size, cfg.micro_batch, size)
     else:
         updates_per_epoch = task.num_train // cfg.batch_size
+    if cfg.steps_per_epoch > updates_per_epoch >= 1:  # an epoch is a pass over the data: resume and elastic rely on it
+        raise ValueError(f"--steps-per-epoch {cfg.steps_per_epoch} is more than the {updates_per_epoch} updates one "
+                         f"pass over the training data gives at --batch-size {cfg.batch_size}")
+    updates_per_epoch = cfg.steps_per_epoch or updates_per_epoch
     if updates_per_epoch < 1:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {task.num_train} training examples.")
     task.micro_steps_per_epoch = updates_per_epoch * k
@@ -68,7 +72,8 @@ def train(cfg, task_cls):
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
                               diagnostics_every=cfg.diagnostics_every)
     opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
-                                           micro_batch_size=cfg.micro_batch)
+                                           micro_batch_size=cfg.micro_batch,
+                                           skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer == "adam")
 
     keras.utils.set_random_seed(cfg.seed)
     model = task.model()
@@ -98,23 +103,37 @@ def train(cfg, task_cls):
             shown = {k: v for k, v in resolved.items() if k not in other}
             print("sngm-train configuration:\n" + "\n".join(f"  {k:>24}: {v}" for k, v in shown.items()), flush=True)
 
+    if cfg.elastic:  # HVD: workers may leave and join; see trainers/elastic.py
+        return _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past)
+
     callbacks = [distributed.BroadcastCallback(), distributed.MetricAverageCallback(),  # HVD
                  ProgressLogger(run_dir, cfg.batch_size, k, cfg.log_every, write=rank == 0, schedule=schedule,
                                 total_updates=updates_per_epoch * cfg.epochs, show=cfg.verbose and rank == 0)]
     if cfg.diagnostics_every:
         callbacks.append(DiagnosticsLogger(run_dir, cfg.batch_size, cfg.diagnostics_every, write=rank == 0,
                                            schedule=schedule))
+    callbacks.append(DivergenceGuard(k))  # after metric averaging, before the checkpoint
     if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
         callbacks += [checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}, past),
                       # Epoch scalars only: Keras' batch-level points count micro-batches, ours
                       # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
                       keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False)]
-    history = model.fit(
-        task.train_dataset(first_epoch, rank, size, cfg.micro_batch),  # HVD: sharded by rank
-        epochs=min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
-        validation_data=task.eval_dataset(), callbacks=callbacks,
-        shuffle=False,  # the datasets shuffle themselves, reproducibly
-        verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
+    try:
+        history = model.fit(
+            task.train_dataset(first_epoch, rank, size, cfg.micro_batch),  # HVD: sharded by rank
+            epochs=min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs,
+            initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
+            validation_data=task.eval_dataset(), callbacks=callbacks,
+            shuffle=False,  # the datasets shuffle themselves, reproducibly
+            verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
+    except Diverged as e:
+        seen = getattr(getattr(model, "history", None), "history", {})  # Keras' History: the completed epochs
+        done = {key: past.get(key, [])[:first_epoch] + seen.get(key, []) for key in set(past) | set(seen)}
+        if rank == 0:  # the run ends here for good: the study ranks it last
+            _write_results(run_dir, done or {"loss": [math.nan]}, first_epoch,
+                           {"diverged": True, "reason": str(e), "epochs": cfg.epochs,
+                            "epochs_done": len(done.get("loss", []))})
+        raise
     if task.name == "deepfm" and task.bad_rows is not None and rank == 0:
         print(f"skipped {task.bad_rows.count} malformed rows (--skip-bad-rows; each is dropped every time it is read)", flush=True)
     final = {k: v[-1] for k, v in history.history.items() if k.startswith("val_")}
@@ -125,8 +144,30 @@ def train(cfg, task_cls):
         final.update({"test_" + k[4:]: v for k, v in list(final.items())})  # the per-epoch evaluation was the test set
     full = {key: past.get(key, [])[:first_epoch] + values for key, values in history.history.items()}
     if rank == 0:
-        with open(os.path.join(run_dir, "history.json"), "w") as f:  # every epoch, across resumes
-            json.dump({"first_epoch": 0, "resumed_at": first_epoch, "history": full}, f, indent=1)
-        with open(os.path.join(run_dir, "final.json"), "w") as f:  # written last: marks a finished run
-            json.dump({**final, "epochs": cfg.epochs, "epochs_done": first_epoch + len(history.history.get("loss", []))}, f, indent=1)
+        _write_results(run_dir, full, first_epoch, {**final, "epochs": cfg.epochs,
+                                                    "epochs_done": first_epoch + len(history.history.get("loss", []))})
     return full, model, task
+
+
+def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past):
+    from trainers import elastic  # HVD
+
+    def compile_fn(optimizer):
+        model.compile(optimizer=optimizer, loss=task.loss, metrics=task.metrics(), jit_compile=False)
+
+    updates = elastic.train(cfg, task, model, inner, compile_fn, updates_per_epoch, cfg.logdir, {"config": resolved},
+                            first_update=first_epoch * updates_per_epoch)
+    final = {"epochs": cfg.epochs, "epochs_done": updates // updates_per_epoch, "elastic": True}
+    evaluation = task.test_dataset() or task.eval_dataset()
+    if evaluation is not None:  # every worker evaluates the same unsharded data
+        final.update({f"test_{k}": float(v) for k, v in model.evaluate(evaluation, return_dict=True, verbose=0).items()})
+    if distributed.rank() == 0:
+        _write_results(cfg.logdir, past, first_epoch, final)
+    return past, model, task
+
+
+def _write_results(run_dir, history, resumed_at, final):
+    with open(os.path.join(run_dir, "history.json"), "w") as f:  # every epoch, across resumes
+        json.dump({"first_epoch": 0, "resumed_at": resumed_at, "history": history}, f, indent=1)
+    with open(os.path.join(run_dir, "final.json"), "w") as f:  # written last: marks a finished run
+        json.dump(final, f, indent=1)

