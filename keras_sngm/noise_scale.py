@@ -16,6 +16,8 @@ examples gives their batch-size bound n Delta, which in expectation is
 
 import tensorflow as tf
 
+from keras_sngm._base import squared_norm
+
 
 def unbiased_estimates(small_sq, big_sq, b_small, b_big):
     """(|G|^2, tr(Sigma)) from mean squared norms at batch sizes b_small < b_big."""
@@ -32,7 +34,7 @@ def critical_batch(g2, trace):
 
 
 def _squared_norm(grads):
-    return tf.add_n([2.0 * tf.nn.l2_loss(tf.cast(tf.convert_to_tensor(g), tf.float32)) for g in grads])
+    return tf.add_n([squared_norm(tf.convert_to_tensor(g)) for g in grads])
 
 
 class NoiseScaleEstimator:
