@@ -4,24 +4,16 @@ named; help gives a reason for every flag; logs sit on one step axis."""
 
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import time
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from helpers import sngm_train
+
 SMALL = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "128", "--num-classes", "4",
          "--batch-size", "32", "--micro-batch", "16", "--lr", "0.3", "--seed", "5", "--no-verbose"]
-
-
-def sngm_train(args, timeout=300, **env):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
-    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 BAD_FLAGS = [

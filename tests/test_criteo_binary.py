@@ -2,23 +2,12 @@
 for bit, shard like text, and train to the same weights."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
+from helpers import sngm_train
 from test_data import edge_case_rows
 from trainers.data import criteo, criteo_binary, planted_ctr
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-
-
-def sngm_train(args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def batches(ds):

@@ -3,26 +3,18 @@ status 3, saves nothing non-finite, and keeps its newest finite checkpoint."""
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+
+from helpers import sngm_train
 import tensorflow as tf
 
 from trainers import checkpoint, distributed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 REPRO = ["resnet", "--dataset", "synthetic", "--train-subset", "512", "--depth", "8", "--batch-size", "128",
          "--micro-batch", "128", "--epochs", "3", "--no-verbose"]
-
-
-def sngm_train(args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def all_finite(ckpt):

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from helpers import sngm_train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 pytestmark = pytest.mark.slow
@@ -23,11 +25,6 @@ def horovodrun(args, timeout=420, np_=2):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
 
-
-def sngm_train(args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_horovod_layer_inside_workers(tmp_path):

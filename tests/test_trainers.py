@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import sngm_train
+
 from trainers import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,11 +19,6 @@ BIN = os.path.dirname(sys.executable)
 SMALL = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "128", "--num-classes", "4",
          "--batch-size", "32", "--micro-batch", "16", "--lr", "0.3", "--seed", "5", "--no-verbose", "--log-every", "2"]
 
-
-def sngm_train(args, timeout=300, **kw):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([os.path.join(BIN, "sngm-train"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kw)
 
 
 def weights_of(ckpt):

@@ -41,6 +41,9 @@ class ProgressLogger(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
         self.t_first, self.estimated = None, False
 
+    def on_train_begin(self, logs=None):
+        self.step = int(self.model.optimizer.iterations)  # then counted here: no variable read per update
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self.t_epoch = self.t_window = time.perf_counter()
@@ -52,7 +55,7 @@ class ProgressLogger(keras.callbacks.Callback):
         now = time.perf_counter()
         self.updates_epoch += 1
         self.updates_window += 1
-        step = int(self.model.optimizer.iterations)
+        self.step = step = self.step + 1
         if self.t_first is None:  # the first update includes tracing and compilation
             self.t_first, self.step_first = now, step
         elif self.show and not self.estimated and (step - self.step_first >= 3 or now - self.t_first > 30):
@@ -134,8 +137,10 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         return scalars, hists
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.writer is None:
+            return
         step = int(self.model.optimizer.iterations)
-        if self.writer is None or step < 1 or step == self._last or (step - 1) % self.every:
+        if step < 1 or step == self._last or (step - 1) % self.every:
             return  # log right after the update whose diagnostics were refreshed
         self._last = step
         scalars, hists = self.values()

@@ -32,8 +32,8 @@ def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
     """Writes checkpoint `ckpt-{epoch}` atomically and keeps the newest `keep`. Refuses
     (ValueError, nothing written or deleted) when a weight or optimizer value is not
     finite, so rotation never replaces a finite checkpoint by a diverged one."""
-    opt_vars = _optimizer_state(optimizer)
-    bad = [v.path for v in list(model.weights) + list(opt_vars) if not np.all(np.isfinite(np.asarray(v.numpy())))]
+    opt_vars = optimizer_state(optimizer)
+    bad = nonfinite(list(model.weights) + list(opt_vars))
     if bad:
         raise ValueError(f"not saving checkpoint {epoch} in {run_dir}: {len(bad)} tensors hold NaN or Inf "
                          f"(first: {bad[0]})")
@@ -60,13 +60,18 @@ def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
     return final
 
 
+def nonfinite(variables):
+    """Paths of the variables holding a NaN or an infinity."""
+    return [v.path for v in variables if not np.all(np.isfinite(keras.ops.convert_to_numpy(v.value)))]
+
+
 def restore(path, model, optimizer):
     """Loads a checkpoint into a built model and optimizer; returns its state dict."""
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
     model.load_weights(os.path.join(path, "model.weights.h5"))
     optimizer.build(model.trainable_variables)
-    opt_vars = _optimizer_state(optimizer)
+    opt_vars = optimizer_state(optimizer)
     with np.load(os.path.join(path, "optimizer.npz")) as data:
         if len(data.files) != len(opt_vars):
             raise ValueError(
@@ -85,7 +90,7 @@ def restore(path, model, optimizer):
     return state
 
 
-def _optimizer_state(optimizer):
+def optimizer_state(optimizer):
     """What to checkpoint: `checkpoint_variables()` where the optimizer defines it
     (trainers.distributed.DistributedOptimizer), else all its variables."""
     return optimizer.checkpoint_variables() if hasattr(optimizer, "checkpoint_variables") else optimizer.variables

@@ -55,12 +55,8 @@ def main(argv=None):
     if args.command == "gen-criteo":
         from trainers.data import planted_ctr
 
-        for name in ("train_rows", "test_rows", "val_rows"):
-            low = 1 if name == "train_rows" else 0
-            if getattr(args, name) < low:
-                print(f"sngm-train: error: --{name.replace('_', '-')} must be >= {low}. Received: {getattr(args, name)}",
-                      file=sys.stderr)
-                return 2
+        if not _at_least(args, train_rows=1, test_rows=0, val_rows=0):
+            return 2
 
         print(planted_ctr.generate(args.out, args.train_rows, args.test_rows, args.seed, args.val_rows))
         return 0
@@ -103,11 +99,18 @@ def _malformed_row(e):
     return 2
 
 
+def _at_least(args, **lows):
+    """False (after printing the error) when a count flag is below its lower bound."""
+    for name, low in lows.items():
+        if getattr(args, name) < low:
+            print(f"sngm-train: error: --{name.replace('_', '-')} must be >= {low}. Received: {getattr(args, name)}",
+                  file=sys.stderr)
+            return False
+    return True
+
+
 def _prep_criteo(args):
-    if args.hash_space < 1 or args.rows_per_shard < 1:
-        bad = "--hash-space" if args.hash_space < 1 else "--rows-per-shard"
-        print(f"sngm-train: error: {bad} must be >= 1. Received: {getattr(args, bad[2:].replace('-', '_'))}",
-              file=sys.stderr)
+    if not _at_least(args, hash_space=1, rows_per_shard=1):
         return 2
     import tensorflow as tf
 

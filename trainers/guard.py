@@ -4,18 +4,13 @@ rank at the same update, before a checkpoint could store the damage."""
 import math
 
 import keras
-import numpy as np
 
 from trainers import distributed
+from trainers.checkpoint import optimizer_state, nonfinite
 
 
 class Diverged(RuntimeError):
     """Training stopped because a loss or the weights became NaN or infinite."""
-
-
-def nonfinite(variables):
-    """Paths of the variables holding a NaN or an infinity."""
-    return [v.path for v in variables if not np.all(np.isfinite(keras.ops.convert_to_numpy(v.value)))]
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -53,9 +48,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         val = (logs or {}).get("val_loss")
         if val is not None and not math.isfinite(float(val)):
             raise Diverged(f"validation loss is not finite ({float(val)}) after epoch {epoch + 1}")
-        opt = self.model.optimizer
-        state = opt.checkpoint_variables() if hasattr(opt, "checkpoint_variables") else opt.variables
-        bad = nonfinite(self.model.weights + list(state))
+        bad = nonfinite(self.model.weights + list(optimizer_state(self.model.optimizer)))
         if bad:
             raise Diverged(f"{len(bad)} weight/optimizer tensors are not finite after epoch {epoch + 1} "
                            f"(first: {bad[0]})")
