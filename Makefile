@@ -16,7 +16,7 @@ help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
-	@echo "make study  - the CPU large-batch studies behind docs/results.md (about 1.5 hours on 2 cores)"
+	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,7 @@ bench: install
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-ctr --out runs/study-cpu-ctr
+	$(BIN)/python tools/results_page.py cpu-cifar=runs/study-cpu-cifar cpu-ctr=runs/study-cpu-ctr
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -71,3 +71,18 @@ def paper_msgd_step(weights, momenta, grads, lr, beta, wd=0.0, decay_mask=None):
     decay_mask = decay_mask or [True] * len(weights)
     new_u = [beta * u + g + (wd * w if m else 0.0) for u, g, w, m in zip(momenta, grads, weights, decay_mask)]
     return [w - lr * u for w, u in zip(weights, new_u)], new_u
+
+
+def adam_l2(w_seq, grads_seq, lr, wd, b1=0.9, b2=0.999, eps=1e-7):
+    """torch.optim.Adam(weight_decay=wd): g + wd*w enters both moments (coupled L2),
+    with Keras' epsilon (added to the bias-corrected sqrt(v))."""
+    w = [x.astype("float64") for x in w_seq]
+    m = [np.zeros_like(x) for x in w]
+    v = [np.zeros_like(x) for x in w]
+    for t, grads in enumerate(grads_seq, start=1):
+        for i, g in enumerate(grads):
+            g = g.astype("float64") + wd * w[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            w[i] = w[i] - lr * (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + eps)
+    return w

@@ -26,6 +26,7 @@ BAD_FLAGS = [
     (["--power", "-1"], "--power must be a positive number. Received: -1.0"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be in [0, --epochs=160). Received: -1.0"),
     (["--keep", "-1"], "--keep must be >= 0. Received: -1"),
+    (["--lr", "1", "--warmup-start", "1.5"], "--warmup-start must be in [0, --lr=1.0). Received: 1.5"),
     (["--lr", "nan"], "--lr must be a positive number. Received: nan"),
     (["--validation-split", "1"], "--validation-split must be in [0, 1). Received: 1.0"),
     (["--image-size", "224", "--depth", "20"], "--depth must be 18, 34 or 50 for --image-size 224. Received: 20"),
@@ -220,3 +221,24 @@ def test_gen_criteo_rejects_nonsense_row_counts(tmp_path):
     proc = sngm_train(["gen-criteo", "--out", str(tmp_path / "d"), "--train-rows", "-3"])
     assert proc.returncode == 2 and proc.stderr.strip() == "sngm-train: error: --train-rows must be >= 1. Received: -3"
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["lamb", "adam"])
+def test_two_conv_net_with_keras_optimizers_steps_per_epoch_and_resumes_exactly(tmp_path, optimizer):
+    """--arch twoconv, the Keras optimizers (LAMB is keras.optimizers.Lamb) and --lr-per-epoch:
+    the lr each epoch used is the journal's cosine of the epoch, and a run stopped after
+    one epoch and resumed ends with the weights of the uninterrupted run."""
+    flags = ["resnet", "--arch", "twoconv", "--dataset", "synthetic", "--train-subset", "96", "--num-classes", "3",
+             "--batch-size", "32", "--micro-batch", "16", "--optimizer", optimizer, "--lr", "0.01", "--weight-decay",
+             "1e-3", "--schedule", "cosine", "--lr-per-epoch", "--epochs", "3", "--deterministic", "--no-verbose"]
+    whole = sngm_train([*flags, "--logdir", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    hist = json.load(open(tmp_path / "whole" / "history.json"))["history"]
+    np.testing.assert_allclose(hist["learning_rate"], [0.01 * (1 + np.cos(np.pi * m / 3)) / 2 for m in range(3)],
+                               rtol=1e-5)
+    assert all(np.isfinite(hist["loss"]))
+    part = tmp_path / "part"
+    assert sngm_train([*flags, "--logdir", str(part), "--stop-after", "1"]).returncode == 0
+    resumed = sngm_train([*flags, "--logdir", str(part), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.load(open(part / "history.json"))["history"]["loss"] == hist["loss"]

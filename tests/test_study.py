@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from trainers import presets
 from trainers import study as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,17 +26,22 @@ def test_next_lr_steps_past_the_end_holding_the_best():
     assert st.next_lr({0.3: -math.inf, 1.0: -math.inf, 3.0: -math.inf}, f) == 0.09  # all diverged: go lower
 
 
-def _fake_run(out, o, b, lr, val, loss=0.5):
-    d = out / "runs" / st.cell_name(o, b, lr, 0)
+def _fake_run(out, o, b, lr, val, loss=0.5, seed=0):
+    d = out / "runs" / st.cell_name(o, b, lr, seed)
     d.mkdir(parents=True)
     (d / "final.json").write_text(json.dumps({"val_auc": val, "test_auc": val - 0.01, "test_loss": loss}))
     (d / "history.json").write_text(json.dumps({"history": {"loss": [loss]}}))
 
 
+def _spec(**kw):
+    return dict(task="deepfm", arms=presets.grid(["msgd", "sngm"], [1024], "deepfm"), seeds=[0],
+                lr_factors=[0.5, 1.0, 2.0], extend_edges=2, flags=[], **kw)
+
+
 def test_sweep_extends_the_same_way_for_every_optimizer_and_report_marks_divergence(tmp_path):
-    spec = dict(task="deepfm", optimizers=["msgd", "sngm"], batch_sizes=[1024], seeds=[0], lr_factors=[0.5, 1.0, 2.0],
-                extend_edges=2)
-    base = {o: st.base_lr(o, 1024, "deepfm") for o in spec["optimizers"]}
+    spec = _spec()
+    arm = {a["label"]: a for a in st.arms(spec)}
+    base = {o: st.base_lr(o, 1024, "deepfm") for o in arm}
     # msgd: the top two diverge, the best is at the bottom -> the sweep goes down, twice, and stops
     for f, val, loss in [(0.5, 0.70, 0.5), (1.0, math.nan, math.nan), (2.0, 0.0, math.nan), (0.25, 0.72, 0.5),
                          (0.125, 0.71, 0.5)]:
@@ -44,14 +50,14 @@ def test_sweep_extends_the_same_way_for_every_optimizer_and_report_marks_diverge
     for f, val in [(0.5, 0.70), (1.0, 0.78), (2.0, 0.74)]:
         _fake_run(tmp_path, "sngm", 1024, round(base["sngm"] * f, 6), val)
     trained = []
-    lrs = st.sweep(spec, str(tmp_path), "msgd", 1024, run_missing=lambda lr, s: trained.append(lr))
+    lrs = st.sweep(spec, str(tmp_path), arm["msgd"], run_missing=lambda lr, s: trained.append(lr))
     assert sorted(lrs) == sorted(round(base["msgd"] * f, 6) for f in (0.125, 0.25, 0.5, 1.0, 2.0)) and trained == []
-    assert sorted(st.sweep(spec, str(tmp_path), "sngm", 1024)) == sorted(round(base["sngm"] * f, 6) for f in (0.5, 1, 2))
+    assert sorted(st.sweep(spec, str(tmp_path), arm["sngm"])) == sorted(round(base["sngm"] * f, 6) for f in (0.5, 1, 2))
     # a missing extension is trained when running; a report stops the sweep there
     low = round(base["msgd"] * 0.125, 6)
     shutil.rmtree(tmp_path / "runs" / st.cell_name("msgd", 1024, low, 0))
     asked = []
-    st.sweep(spec, str(tmp_path), "msgd", 1024, run_missing=lambda lr, s: asked.append(lr))
+    st.sweep(spec, str(tmp_path), arm["msgd"], run_missing=lambda lr, s: asked.append(lr))
     assert asked == [low]
     assert len(st.report(spec, str(tmp_path))) == 7
     _fake_run(tmp_path, "msgd", 1024, low, 0.71)
@@ -61,6 +67,51 @@ def test_sweep_extends_the_same_way_for_every_optimizer_and_report_marks_diverge
     assert [r["diverged"] for r in rows if r["optimizer"] == "msgd"].count(True) == 2
     table = (tmp_path / "results.md").read_text()
     assert table.count("| diverged | diverged |") == 2 and "extended up to 2 step(s)" in table
+
+
+def test_extra_seeds_run_only_at_the_lr_chosen_on_the_sweep_seed(tmp_path, monkeypatch):
+    """seeds [0, 1, 2] with sweep_seeds=1: the sweep and the choice use seed 0 only; seeds 1
+    and 2 then run at the chosen lr, and the table reports the mean and sd over all three."""
+    spec = _spec(sweep_seeds=1, optimizers=["sngm"])
+    spec["seeds"] = [0, 1, 2]
+    a = st.arms(spec)[0]
+    lrs = [round(a["lr"] * f, 6) for f in (0.5, 1.0, 2.0)]
+    for lr, val in zip(lrs, (0.70, 0.78, 0.74)):
+        _fake_run(tmp_path, "sngm", 1024, lr, val)
+    assert st.chosen(spec, str(tmp_path), a) == lrs[1]
+    trained = []
+    monkeypatch.setattr(st, "run_cell", lambda task, flags, run_dir, np_, log: trained.append(
+        (flags[flags.index("--lr") + 1], flags[flags.index("--seed") + 1])))
+    st.run(spec, str(tmp_path))
+    assert trained == [(str(lrs[1]), "1"), (str(lrs[1]), "2")]
+    _fake_run(tmp_path, "sngm", 1024, lrs[1], 0.80, seed=1)
+    _fake_run(tmp_path, "sngm", 1024, lrs[1], 0.76, seed=2)
+    _fake_run(tmp_path, "sngm", 1024, lrs[0], 0.99, seed=1)  # not a sweep seed: cannot change the choice
+    rows = st.report(spec, str(tmp_path))
+    assert st.chosen(spec, str(tmp_path), a) == lrs[1]
+    picked = [r for r in rows if r["selected"]]
+    assert sorted(r["seed"] for r in picked) == [0, 1, 2]
+    tests = [0.77, 0.79, 0.75]  # test = val - 0.01
+    m, sd = sum(tests) / 3, math.sqrt(sum((t - sum(tests) / 3) ** 2 for t in tests) / 2)
+    assert f"{m:.4f} ± {sd:.4f} ({lrs[1]:.3g}, n=3)" in (tmp_path / "results.md").read_text()
+
+
+def test_report_sets_the_papers_numbers_beside_ours_and_the_noise_scale(tmp_path):
+    spec = _spec(optimizers=["sngm"], paper=presets.JOURNAL_T8, paper_inline=True)
+    a = st.arms(spec)[0]
+    for f, val in [(0.5, 0.70), (1.0, 0.78), (2.0, 0.74)]:
+        _fake_run(tmp_path, "sngm", 1024, round(a["lr"] * f, 6), val)
+    hist = tmp_path / "runs" / st.cell_name("sngm", 1024, round(a["lr"], 6), 0) / "history.json"
+    hist.write_text(json.dumps({"history": {"loss": [0.6, 0.5], "noise_scale": [812.4, 2400.6], "val_auc": [0.7, 0.78]}}))
+    st.report(spec, str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert "0.7700 ± 0.0000 (0.5, n=1); paper 0.7489 |" in table
+    assert "Published (journal Table 8), test AUC:" in table and "| lamb | 0.7066 | 0.6811 |" in table
+    assert "| sngm | 1024 | 0 | 812 | 2401 |" in table
+    spec["paper_inline"] = False  # another setup (the CPU studies): the published table only, below ours
+    st.report(spec, str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert "0.7700 ± 0.0000 (0.5, n=1) |" in table and "| lamb | 0.7066 | 0.6811 |" in table
 
 
 def study(out, *extra):

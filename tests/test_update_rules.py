@@ -172,3 +172,19 @@ def test_msgd_is_the_papers_momentum_sgd_with_l2(jit):
         np.testing.assert_allclose(m.numpy(), w, rtol=1e-5, atol=1e-6)
     keras_sgd, _ = run_keras(keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=0.01), grads)
     assert max(np.max(np.abs(a - b)) for a, b in zip(keras_sgd, want)) > 1e-3  # the rule really differs
+
+
+def test_adam_baseline_adds_l2_to_the_gradient():
+    """`--optimizer adam` decays as torch.optim.Adam(weight_decay) does (the paper's
+    PyTorch baselines): L2 in the gradient, not Keras' decoupled AdamW decay."""
+    from trainers.recipes import AdamL2, optimizer
+
+    grads = random_grads(5)
+    got, _ = run_keras(optimizer("adam", 0.01, weight_decay=0.05), grads)
+    want = ref.adam_l2([v.numpy() for v in make_variables()], grads, 0.01, 0.05)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    adamw, _ = run_keras(keras.optimizers.Adam(0.01, weight_decay=0.05), grads)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(adamw, want)) > 1e-3  # the rule really differs
+    restored = AdamL2.from_config(optimizer("adam", 0.01, weight_decay=0.05).get_config())
+    assert restored.l2 == 0.05 and isinstance(restored, AdamL2)

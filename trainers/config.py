@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 
 BOTH, RESNET, DEEPFM = ("resnet", "deepfm"), ("resnet",), ("deepfm",)
-OPTIMIZERS = ("msgd", "sngm", "block_sngm", "lars", "adam")
+OPTIMIZERS = ("msgd", "sngm", "block_sngm", "lars", "adam", "lamb")
+ARCHS = ("resnet", "twoconv")
 SCHEDULES = ("poly", "cosine", "step", "constant")
 COMPRESSIONS = ("none", "fp16")
 DATASETS = ("cifar10", "cifar100", "synthetic")
@@ -31,7 +32,8 @@ def knob(default, why, tasks=BOTH, choices=None, default_factory=None):
 class Config:
     # --- optimization (the paper's recipe) ---
     optimizer: str = knob("sngm", "what the paper compares: momentum SGD with L2 as in PyTorch (msgd), SNGM, "
-                          "block-wise SNGM, LARS, Adam", choices=OPTIMIZERS)
+                          "block-wise SNGM, LARS, Adam (L2 in the gradient, as torch.optim.Adam), LAMB (Keras' "
+                          "Lamb, decoupled decay)", choices=OPTIMIZERS)
     batch_size: int = knob(4096, "global batch B over all workers: the quantity being scaled")
     micro_batch: int = knob(128, "examples per worker per forward pass; B/(workers x micro-batch) are accumulated "
                             "(the paper: 128)")
@@ -39,11 +41,14 @@ class Config:
     schedule: str = knob("poly", "the paper uses poly-power or cosine, without warm-up", choices=SCHEDULES)
     power: float = knob(1.1, "poly power p in lr*(1-t/T)^p (the paper: 1.1 or 2)")
     warmup_epochs: float = knob(0.0, "linear warm-up; SNGM needs none, MSGD and LARS at large batch usually do")
+    warmup_start: float = knob(0.0, "the lr the warm-up ramps from (the paper's v1 LARS: 0.1); must be < --lr")
+    lr_per_epoch: bool = knob(False, "hold the lr fixed within an epoch, as PyTorch schedulers stepped once per "
+                              "epoch do (the paper's cosine: lr_m = lr * (1 + cos(pi m / epochs)) / 2)")
     momentum: float = knob(0.9, "beta of the momentum, in [0, 1)")
     weight_decay: float = knob(1e-4, "L2 strength (the paper's ResNet value 1e-4)")
     trust_coefficient: float = knob(0.001, "LARS eta: scales the trust ratio ||w||/||g||")
     epochs: int = knob(160, "passes over the training data (the paper's CIFAR setting)")
-    on_nonfinite: str = knob("stop", "adam (a Keras optimizer) on a NaN/Inf gradient: stop (it reaches the weights and "
+    on_nonfinite: str = knob("stop", "adam and lamb (Keras optimizers) on a NaN/Inf gradient: stop (it reaches the weights and "
                              "the divergence guard ends the run, nothing saved) or skip (the update is skipped and "
                              "counted); msgd, sngm, block_sngm and lars always skip such a step",
                              choices=("stop", "skip"))
@@ -70,6 +75,9 @@ class Config:
     verbose: bool = knob(True, "rank 0 prints the configuration, progress lines and per-epoch results")
     eval_batch: int = knob(1000, "evaluation batch (no gradients: memory is not the limit)")
     # --- resnet ---
+    arch: str = knob("resnet", "resnet (--depth) or twoconv: two 5x5 convolutions and a dense layer, the kind of "
+                     "small net the paper's Figure 1 uses to show MSGD's large-batch loss (cheap CPU studies)",
+                     RESNET, choices=ARCHS)
     depth: int = knob(20, CIFAR_DEPTHS_HINT, RESNET)
     dataset: str = knob("cifar10", "cifar10 | cifar100 (--data-dir or tensorflow-datasets) | synthetic (benchmarks)",
                         RESNET, DATASETS)
@@ -160,6 +168,7 @@ def validate(cfg, task):
     need(finite(cfg.power) and cfg.power > 0, "power", "must be a positive number")
     need(finite(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs < cfg.epochs, "warmup_epochs",
          f"must be in [0, --epochs={cfg.epochs})")
+    need(finite(cfg.warmup_start) and 0 <= cfg.warmup_start < cfg.lr, "warmup_start", f"must be in [0, --lr={cfg.lr})")
     need(finite(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
     need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be a number >= 0")
     need(finite(cfg.trust_coefficient) and cfg.trust_coefficient > 0, "trust_coefficient", "must be a positive number")
@@ -167,8 +176,9 @@ def validate(cfg, task):
     if task == "resnet":
         need(cfg.image_size >= 8, "image_size", "must be >= 8")
         cifar = cfg.image_size <= 64
-        need(cfg.depth in (18, 34, 50) if not cifar else (cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0), "depth",
-             f"must be {'6n+2 (20, 32, 44, 56, 110)' if cifar else '18, 34 or 50'} for --image-size {cfg.image_size}")
+        if cfg.arch == "resnet":
+            need(cfg.depth in (18, 34, 50) if not cifar else (cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0), "depth",
+                 f"must be {'6n+2 (20, 32, 44, 56, 110)' if cifar else '18, 34 or 50'} for --image-size {cfg.image_size}")
         for name in ("num_classes", "train_subset", "test_subset"):
             need(getattr(cfg, name) >= 0, name, "must be >= 0")
         need(cfg.dataset != "synthetic" or cfg.num_classes != 1, "num_classes", "must be >= 2")

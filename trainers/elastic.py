@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainers import checkpoint, distributed
+from trainers import checkpoint, distributed, recipes
 from trainers.guard import DivergenceGuard
 
 import horovod.tensorflow as hvd  # HVD
@@ -82,7 +82,8 @@ def train(cfg, task, model, inner, compile_fn, updates_per_epoch, run_dir, extra
         k = cfg.batch_size // (size * cfg.micro_batch)
         opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD
                                                micro_batch_size=cfg.micro_batch,
-                                               skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer == "adam")
+                                               skip_nonfinite=cfg.on_nonfinite == "skip"
+                                               and cfg.optimizer in recipes.APPLY_NONFINITE)
         compile_fn(opt)
         task.micro_steps_per_epoch = updates_per_epoch * k
         if rank == 0:  # (rare: at the start and after each change of workers)

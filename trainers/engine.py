@@ -68,12 +68,14 @@ def train(cfg, task_cls):
     task.micro_steps_per_epoch = updates_per_epoch * k
     lr = cfg.lr * (size if cfg.scale_lr else 1)  # linear scaling with the number of workers
     schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
-                                int(cfg.warmup_epochs * updates_per_epoch))
+                                int(cfg.warmup_epochs * updates_per_epoch),
+                                updates_per_epoch=updates_per_epoch if cfg.lr_per_epoch else 0,
+                                warmup_start=cfg.warmup_start)
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
                               diagnostics_every=cfg.diagnostics_every)
     opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
                                            micro_batch_size=cfg.micro_batch,
-                                           skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer == "adam")
+                                           skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer in recipes.APPLY_NONFINITE)
 
     keras.utils.set_random_seed(cfg.seed)
     model = task.model()

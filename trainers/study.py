@@ -1,12 +1,14 @@
-"""`sngm-train study`: optimizers x batch sizes x seeds, each with its own learning-rate
-sweep, through the trainers; CSV, per-epoch curves, a markdown table and PNG plots.
+"""`sngm-train study`: a preset's arms (an optimizer at a batch size; see
+trainers/presets.py), each with its own learning-rate sweep, through the trainers; CSV,
+per-epoch curves, a markdown table beside the paper's published one, and PNG plots.
 
-Tuning honesty: every (optimizer, batch size) gets the same sweep, base lr x
-`--lr-factors`, extended by up to `--extend-edges` steps past an end of the sweep
-that holds the best value (so no optimizer is judged at the edge of a bad range),
-trained on the training set minus a fixed validation split and judged on the
-validation metric (mean over seeds; a diverged run ranks last). The test set is evaluated once per
-run, after training, and only reported. Each run is a fresh `sngm-train` process (under
+Tuning honesty: every arm gets the same sweep, its centre x `--lr-factors`, extended by
+up to `--extend-edges` steps past an end of the sweep that holds the best value (so no
+optimizer is judged at the edge of a bad range), trained on the training set minus a
+fixed validation split and judged on the validation metric (mean over the sweep seeds;
+a diverged run ranks last). Seeds beyond the preset's `sweep_seeds` then run at the
+chosen lr only, for the spread. The test set is evaluated once per run, after training,
+and only reported. Each run is a fresh `sngm-train` process (under
 `horovodrun -np N` with `--np N`); a run with `final.json` is done and skipped when
 the grid is run again, and a half-done run resumes from its checkpoint.
 """
@@ -21,42 +23,7 @@ import subprocess
 import sys
 import time
 
-# Base learning rates, swept by --lr-factors. ResNet MSGD: the linear scaling rule from
-# 0.1 at B=128 (Goyal et al.). DeepFM MSGD: square-root scaling, because the linear rule
-# puts every B=8192 value of the sweep past divergence (measured: 0.12, 0.4 and 1.2 all
-# gave NaN). SNGM/LARS/Adam: square-root scaling around the values below. They are this
-# project's starting points, not numbers taken from the paper.
-def base_lr(optimizer, batch, task):
-    if task == "resnet":
-        return {"msgd": 0.1 * batch / 128, "sngm": 1.6 * math.sqrt(batch / 4096), "block_sngm": 1.6 * math.sqrt(batch / 4096),
-                "lars": 2.0 * math.sqrt(batch / 4096), "adam": 1e-3 * math.sqrt(batch / 128)}[optimizer]
-    return {"msgd": 0.05, "sngm": 0.5, "block_sngm": 0.5, "lars": 5.0, "adam": 1e-3}[optimizer] * math.sqrt(batch / 1024)
-
-
-PRESETS = {
-    # The paper's ResNet-20 / CIFAR-10 setup, for GPU hosts (160 epochs, no warm-up).
-    "paper-cifar": dict(task="resnet", optimizers=["msgd", "lars", "sngm"], batch_sizes=[128, 1024, 2048, 4096, 8192],
-                        seeds=[0], lr_factors=[0.5, 1.0, 2.0], extend_edges=1,
-                        flags=["--depth", "20", "--dataset", "cifar10", "--micro-batch", "128", "--epochs", "160",
-                               "--momentum", "0.9", "--weight-decay", "1e-4", "--schedule", "poly", "--power", "1.1",
-                               "--validation-split", "0.1"]),
-    # A reduced CIFAR study that fits in about 40 minutes on a 2-core CPU: ResNet-8, a
-    # fixed 12,000-image subset (10% of it for validation), 4,000 test images, 8 epochs,
-    # B = 128 and 2048 (the largest batch is 1/5 of the data, as 8192 is 1/6 of CIFAR-10),
-    # two seeds so the spread is measured.
-    "cpu-cifar": dict(task="resnet", optimizers=["msgd", "sngm"], batch_sizes=[128, 2048], seeds=[0, 1],
-                      lr_factors=[0.25, 0.5, 1.0, 2.0], extend_edges=2,
-                      flags=["--depth", "8", "--dataset", "cifar10", "--train-subset", "12000", "--test-subset", "4000",
-                             "--validation-split", "0.1", "--micro-batch", "128", "--epochs", "8", "--momentum", "0.9",
-                             "--weight-decay", "1e-4", "--schedule", "poly", "--power", "1.1"]),
-    # DeepFM on planted-truth Criteo-format data (generated into <out>/data), the paper's
-    # Table 8 comparison scaled down: B = 1024 and 8192, MSGD, Adam, LARS and SNGM.
-    "cpu-ctr": dict(task="deepfm", optimizers=["msgd", "adam", "lars", "sngm"], batch_sizes=[1024, 8192], seeds=[0],
-                    lr_factors=[0.3, 1.0, 3.0], extend_edges=3, data_rows=(200_000, 20_000, 50_000),
-                    flags=["--micro-batch", "1024", "--epochs", "3", "--hash-space", "131072", "--embedding-dim", "8",
-                           "--hidden", "128", "128", "--weight-decay", "0", "--schedule", "cosine",
-                           "--shuffle-buffer", "50000"]),
-}
+from trainers.presets import PRESETS, arm, base_lr, micro_batch
 
 
 def cell_name(optimizer, batch, lr, seed):
@@ -114,20 +81,45 @@ def _score(run_dir, metric):
     return v if v is not None and math.isfinite(v) and math.isfinite(loss) else -math.inf
 
 
-def sweep(spec, out, optimizer, batch, run_missing=None):
-    """The learning rates swept for (optimizer, batch), the same procedure for every
-    optimizer: base lr x `lr_factors`, then up to `extend_edges` steps past the end that
-    holds the best validation metric (mean over seeds). With `run_missing`, unfinished
-    runs are trained (`run_missing(lr, seed)`); without, the sweep stops at the first
+def _metric(spec):
+    return "accuracy" if spec["task"] == "resnet" else "auc"
+
+
+def sweep_seeds(spec):
+    """The seeds the sweep runs at every lr; the others run only at the chosen lr."""
+    return spec["seeds"][:spec.get("sweep_seeds") or len(spec["seeds"])]
+
+
+def arms(spec):
+    """The preset's arms, narrowed by `optimizers` / `batch_sizes` when given. A named
+    batch size the preset lacks is added for the named optimizers, centred on `base_lr`."""
+    have = spec["arms"]
+    labels = spec.get("optimizers") or list(dict.fromkeys(a["label"] for a in have))
+    batches = spec.get("batch_sizes") or list(dict.fromkeys(a["batch"] for a in have))
+    out = []
+    for label in labels:
+        for b in batches:
+            match = [a for a in have if a["label"] == label and a["batch"] == b]
+            if not match and spec.get("batch_sizes"):
+                match = [arm(label, b, base_lr(label, b, spec["task"]))]
+            out += match
+    return out
+
+
+def sweep(spec, out, a, run_missing=None):
+    """The learning rates swept for arm `a`, the same procedure for every arm: its centre
+    x `lr_factors`, then up to `extend_edges` steps past the end that holds the best
+    validation metric (mean over the sweep seeds). With `run_missing`, unfinished runs
+    are trained (`run_missing(lr, seed)`); without, the sweep stops at the first
     unfinished one (for reports of a grid still running)."""
-    metric = "accuracy" if spec["task"] == "resnet" else "auc"
-    lrs = [round(base_lr(optimizer, batch, spec["task"]) * f, 6) for f in spec["lr_factors"]]
+    metric = _metric(spec)
+    lrs = [round(a["lr"] * f, 6) for f in spec["lr_factors"]]
     for extension in range(spec.get("extend_edges", 0) + 1):
         scores = {}
         for lr in lrs:
             per_seed = []
-            for seed in spec["seeds"]:
-                run_dir = os.path.join(out, "runs", cell_name(optimizer, batch, lr, seed))
+            for seed in sweep_seeds(spec):
+                run_dir = os.path.join(out, "runs", cell_name(a["label"], a["batch"], lr, seed))
                 if _score(run_dir, metric) is None and run_missing is not None:
                     run_missing(lr, seed)
                 per_seed.append(_score(run_dir, metric))
@@ -141,70 +133,87 @@ def sweep(spec, out, optimizer, batch, run_missing=None):
     return lrs
 
 
-def plan(spec, out):
-    """(optimizer, batch, seed, lr) of every run the grid holds so far."""
-    return [(o, b, s, lr) for o in spec["optimizers"] for b in spec["batch_sizes"]
-            for lr in sweep(spec, out, o, b) for s in spec["seeds"]]
+def chosen(spec, out, a):
+    """The lr with the best mean validation metric over the sweep seeds (ties to the
+    smaller lr; diverged = -inf), or None while the sweep is unfinished."""
+    metric = _metric(spec)
+    scores = {}
+    for lr in sweep(spec, out, a):
+        per_seed = [_score(os.path.join(out, "runs", cell_name(a["label"], a["batch"], lr, s)), metric)
+                    for s in sweep_seeds(spec)]
+        if None in per_seed:
+            return None
+        scores[lr] = sum(per_seed) / len(per_seed)
+    return max(sorted(scores), key=lambda lr: scores[lr])
+
+
+def run_flags(spec, a, extra=()):
+    """The flags of every run of arm `a`: the preset's, the arm's, then the user's."""
+    workers = spec.get("np") or spec.get("workers", 1)
+    return [*spec["flags"], "--micro-batch", str(micro_batch(a["batch"], workers, spec.get("micro_batch", 128))),
+            *a["flags"], *extra, "--optimizer", a["optimizer"], "--batch-size", str(a["batch"])]
 
 
 def run(spec, out, np_=1, extra=()):
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    flags = list(spec["flags"]) + list(extra)
-    if spec["task"] == "deepfm":
+    extra = list(extra)
+    if spec["task"] == "deepfm" and spec.get("data_rows"):
         data = os.path.join(out, "data")
         if not os.path.isfile(os.path.join(data, "truth.json")):
             from trainers.data import planted_ctr
 
             tr, va, te = spec["data_rows"]
             planted_ctr.generate(data, tr, te, seed=0, val_rows=va)
-        flags += ["--data", os.path.join(data, "train.tsv"), "--val-data", os.path.join(data, "val.tsv"),
+        extra += ["--data", os.path.join(data, "train.tsv"), "--val-data", os.path.join(data, "val.tsv"),
                   "--test-data", os.path.join(data, "test.tsv")]
-    for o in spec["optimizers"]:
-        for b in spec["batch_sizes"]:
-            def train(lr, s, o=o, b=b):
-                print(f"{cell_name(o, b, lr, s)}: running", flush=True)
-                run_cell(spec["task"], flags + ["--optimizer", o, "--batch-size", str(b), "--lr", str(lr), "--seed", str(s)],
-                         os.path.join(out, "runs", cell_name(o, b, lr, s)), np_, os.path.join(out, "study.log"))
+    for a in arms(spec):
+        def train(lr, s, a=a):
+            name = cell_name(a["label"], a["batch"], lr, s)
+            print(f"{name}: running", flush=True)
+            run_cell(spec["task"], run_flags(spec, a, extra) + ["--lr", str(lr), "--seed", str(s)],
+                     os.path.join(out, "runs", name), np_, os.path.join(out, "study.log"))
 
-            lrs = sweep(spec, out, o, b, run_missing=train)
-            print(f"{o} B={b}: swept lr {', '.join(f'{lr:.4g}' for lr in sorted(lrs))}", flush=True)
+        lrs = sweep(spec, out, a, run_missing=train)
+        best = chosen(spec, out, a)
+        for s in spec["seeds"]:
+            if s not in sweep_seeds(spec):
+                d = os.path.join(out, "runs", cell_name(a["label"], a["batch"], best, s))
+                if _score(d, _metric(spec)) is None:
+                    train(best, s)
+        print(f"{a['label']} B={a['batch']}: swept lr {', '.join(f'{lr:.4g}' for lr in sorted(lrs))}; chose {best:.4g}",
+              flush=True)
     return report(spec, out)
 
 
 def report(spec, out):
     """results.csv, curves.csv, results.md and plots from the finished runs."""
-    metric = "accuracy" if spec["task"] == "resnet" else "auc"
+    metric = _metric(spec)
     rows, curves = [], []
-    for o, b, s, lr in plan(spec, out):
-        d = os.path.join(out, "runs", cell_name(o, b, lr, s))
-        if not os.path.isfile(os.path.join(d, "final.json")):
-            continue
-        final = json.load(open(os.path.join(d, "final.json")))
-        hist = json.load(open(os.path.join(d, "history.json")))["history"]
-        wall = float(open(os.path.join(d, "wall_seconds.txt")).read()) if os.path.isfile(os.path.join(d, "wall_seconds.txt")) else float("nan")
-        rows.append({"optimizer": o, "batch_size": b, "lr": lr, "seed": s, f"val_{metric}": final.get(f"val_{metric}"),
-                     f"test_{metric}": final.get(f"test_{metric}"), "test_loss": final.get("test_loss"),
-                     "final_train_loss": hist["loss"][-1], "diverged": _score(d, metric) == -math.inf,
-                     "wall_seconds": wall, "selected": False})
-        for e, loss in enumerate(hist["loss"]):
-            curves.append({"optimizer": o, "batch_size": b, "lr": lr, "seed": s, "epoch": e + 1, "train_loss": loss,
-                           f"val_{metric}": hist.get(f"val_{metric}", [None] * (e + 1))[e],
-                           "noise_scale": hist.get("noise_scale", [None] * (e + 1))[e]})
-    # Select, per (optimizer, batch), the lr with the best mean validation metric over seeds.
-    best = {}
-    for key in {(r["optimizer"], r["batch_size"]) for r in rows}:
-        by_lr = {}
-        for r in rows:
-            if (r["optimizer"], r["batch_size"]) == key:
-                by_lr.setdefault(r["lr"], []).append(-math.inf if r["diverged"] else r[f"val_{metric}"])
-        best[key] = max(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
-    for r in rows:
-        r["selected"] = best.get((r["optimizer"], r["batch_size"])) == r["lr"]
+    for a in arms(spec):
+        best = chosen(spec, out, a)
+        for lr in sweep(spec, out, a):
+            for s in spec["seeds"]:
+                d = os.path.join(out, "runs", cell_name(a["label"], a["batch"], lr, s))
+                if not os.path.isfile(os.path.join(d, "final.json")):
+                    continue
+                final = json.load(open(os.path.join(d, "final.json")))
+                hist = json.load(open(os.path.join(d, "history.json")))["history"]
+                wall = float(open(os.path.join(d, "wall_seconds.txt")).read()) \
+                    if os.path.isfile(os.path.join(d, "wall_seconds.txt")) else float("nan")
+                rows.append({"optimizer": a["label"], "batch_size": a["batch"], "lr": lr, "seed": s,
+                             f"val_{metric}": final.get(f"val_{metric}"), f"test_{metric}": final.get(f"test_{metric}"),
+                             "test_loss": final.get("test_loss"), "final_train_loss": hist["loss"][-1],
+                             "diverged": _score(d, metric) == -math.inf, "wall_seconds": wall,
+                             "sweep": s in sweep_seeds(spec), "selected": lr == best})
+                for e, loss in enumerate(hist["loss"]):
+                    curves.append({"optimizer": a["label"], "batch_size": a["batch"], "lr": lr, "seed": s, "epoch": e + 1,
+                                   "train_loss": loss, f"val_{metric}": hist.get(f"val_{metric}", [None] * (e + 1))[e],
+                                   "noise_scale": hist.get("noise_scale", [None] * (e + 1))[e]})
     _write_csv(os.path.join(out, "results.csv"), rows)
     _write_csv(os.path.join(out, "curves.csv"), curves)
     truth = os.path.join(out, "data", "truth.json")
     best_auc = json.load(open(truth))["best_test_auc"] if os.path.isfile(truth) else None
-    table = _markdown(spec, rows, metric, best_auc)
+    table = _markdown(spec, rows, curves, metric, best_auc)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
     _plots(spec, out, rows, curves, metric, best_auc)
@@ -227,27 +236,110 @@ def _mean_std(values):
     return m, sd
 
 
-def _markdown(spec, rows, metric, best_auc):
+def _labels(spec):
+    return list(dict.fromkeys(a["label"] for a in arms(spec)))
+
+
+def _published(paper):
+    """The paper's table, in its layout, cited by its source."""
+    batches = sorted({b for r in paper["rows"].values() for b in r})
+    lines = [f"Published ({paper['source']}), {paper['metric']}:", "",
+             "| method | " + " | ".join(f"B={b}" for b in batches) + " |", "| --- |" + " ---: |" * len(batches)]
+    for m, r in paper["rows"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{r[b]:g}" if b in r else "-" for b in batches) + " |")
+    return lines
+
+
+def _noise_lines(rows, curves):
+    """B_simple, the gradient noise scale the diagnostics estimate (from the micro-batch
+    gradients of runs with several micro-batches per update), in the first and last epoch
+    of the chosen runs: the theory's critical batch, to set beside where MSGD loses."""
+    out = []
+    for r in rows:
+        if not r["selected"]:
+            continue
+        c = [x["noise_scale"] for x in curves if (x["optimizer"], x["batch_size"], x["lr"], x["seed"]) ==
+             (r["optimizer"], r["batch_size"], r["lr"], r["seed"]) and x["noise_scale"] not in (None, "")]
+        c = [v for v in c if math.isfinite(v)]
+        if c:
+            out.append((r["optimizer"], r["batch_size"], r["seed"], c[0], c[-1]))
+    if not out:
+        return []
+    lines = ["", "Gradient noise scale B_simple = tr(Σ)/|G|² measured during the chosen runs (first and last epoch):",
+             "", "| optimizer | B | seed | B_simple, epoch 1 | B_simple, last epoch |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {o} | {b} | {s} | {first:.0f} | {last:.0f} |" for o, b, s, first, last in out]
+    return lines
+
+
+def _chosen_means(spec, rows, metric, scale):
+    """{(optimizer, B): mean test metric over the seeds at the chosen lr}; diverged runs
+    count as the metric's floor (0.5 AUC, 0 accuracy)."""
+    floor = 0.5 if metric == "auc" else 0.0
+    out = {}
+    for o in _labels(spec):
+        for b in {r["batch_size"] for r in rows}:
+            sel = [r for r in rows if r["optimizer"] == o and r["batch_size"] == b and r["selected"]]
+            if sel:
+                out[(o, b)] = scale * sum(floor if r["diverged"] else r[f"test_{metric}"] for r in sel) / len(sel)
+    return out
+
+
+def _gaps(spec, rows, metric, batches, scale):
+    """SNGM's lead over each optimizer at each batch, and each optimizer's change from the
+    smallest to the largest batch: the two numbers the paper's claims are about."""
+    means = _chosen_means(spec, rows, metric, scale)
+    if len(batches) < 1 or not any(o == "sngm" for o, _ in means):
+        return []
+    unit = "points" if scale == 100 else metric
+    lines = ["", f"SNGM's lead (SNGM minus the optimizer, mean test {metric} in {unit}; diverged = chance) and each "
+             f"optimizer's change from B={batches[0]} to B={batches[-1]}:", "",
+             "| optimizer | " + " | ".join(f"B={b}" for b in batches) + f" | B={batches[0]} → {batches[-1]} |",
+             "| --- |" + " ---: |" * (len(batches) + 1)]
+    fmt = "{:+.2f}" if scale == 100 else "{:+.4f}"
+    for o in _labels(spec):
+        cells = [fmt.format(means[("sngm", b)] - means[(o, b)]) if ("sngm", b) in means and (o, b) in means else "-"
+                 for b in batches]
+        first, last = means.get((o, batches[0])), means.get((o, batches[-1]))
+        change = fmt.format(last - first) if first is not None and last is not None and len(batches) > 1 else "-"
+        lines.append(f"| {o} | " + " | ".join(cells) + f" | {change} |")
+    return lines
+
+
+def _markdown(spec, rows, curves, metric, best_auc):
     batches = sorted({r["batch_size"] for r in rows})
-    lines = [f"Test {metric} (mean ± sd over seeds) at the learning rate chosen on the validation split "
-             f"(base lr x {spec['lr_factors']}, extended up to {spec.get('extend_edges', 0)} step(s) past an end that "
-             f"held the best); lr in parentheses." + (f" Best achievable test AUC (planted truth): {best_auc:.4f}." if best_auc else ""), "",
+    paper = spec.get("paper")
+    scale = 100 if paper and "%" in paper["metric"] else 1
+    n_sweep = len(sweep_seeds(spec))
+    lines = [f"Test {metric} (mean ± sd over {len(spec['seeds'])} seed(s)) at the learning rate chosen on the "
+             f"validation split ({'seed ' + ', '.join(map(str, sweep_seeds(spec))) if n_sweep < len(spec['seeds']) else 'all seeds'}: "
+             f"centre x {spec['lr_factors']}, extended up to {spec.get('extend_edges', 0)} step(s) past an end that "
+             f"held the best); lr in parentheses."
+             + (f" Best achievable test AUC (planted truth): {best_auc:.4f}." if best_auc else "")
+             + (f" The paper's number ({paper['source']}) follows where it has the same cell." if paper and
+                spec.get("paper_inline") else ""), "",
              "| optimizer | " + " | ".join(f"B={b}" for b in batches) + " |", "| --- |" + " ---: |" * len(batches)]
-    for o in spec["optimizers"]:
+    for o in _labels(spec):
         cells = []
         for b in batches:
             sel = [r for r in rows if r["optimizer"] == o and r["batch_size"] == b and r["selected"]]
+            published = paper["rows"].get(o, {}).get(b) if paper and spec.get("paper_inline") else None
+            tail = f"; paper {published:g}" if published is not None else ""
             if not sel:
-                cells.append("-")
-                continue
-            if all(r["diverged"] for r in sel):
-                cells.append(f"diverged at every lr (best tried {sel[0]['lr']:.3g})")
-                continue
-            m, sd = _mean_std([r[f"test_{metric}"] for r in sel])
-            cells.append(f"{m:.4f} ± {sd:.4f} ({sel[0]['lr']:.3g})")
+                cells.append("-" + tail)
+            elif all(r["diverged"] for r in sel):
+                cells.append(f"diverged at every lr (best tried {sel[0]['lr']:.3g}){tail}")
+            else:
+                m, sd = _mean_std([r[f"test_{metric}"] * scale for r in sel if not r["diverged"]])
+                nd = sum(r["diverged"] for r in sel)
+                cells.append(f"{m:.2f} ± {sd:.2f}" if scale == 100 else f"{m:.4f} ± {sd:.4f}")
+                cells[-1] += f" ({sel[0]['lr']:.3g}, n={len(sel)}{f', {nd} diverged' if nd else ''}){tail}"
         lines.append(f"| {o} | " + " | ".join(cells) + " |")
-    lines += ["", "Every run (validation metric used for the choice):", "",
-              f"| optimizer | B | lr | seed | val {metric} | test {metric} | final train loss | minutes | chosen |",
+    lines += _gaps(spec, rows, metric, batches, scale)
+    if paper:
+        lines += ["", *_published(paper)]
+    lines += _noise_lines(rows, curves)
+    lines += ["", "Every run (validation metric used for the choice; seeds outside the sweep run only at the chosen lr):",
+              "", f"| optimizer | B | lr | seed | val {metric} | test {metric} | final train loss | minutes | chosen |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
     for r in rows:
         val, test = ("diverged", "diverged") if r["diverged"] else (f"{r[f'val_{metric}']:.4f}", f"{r[f'test_{metric}']:.4f}")
@@ -264,14 +356,14 @@ def _plots(spec, out, rows, curves, metric, best_auc):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for o in spec["optimizers"]:
-        chosen = [r for r in rows if r["optimizer"] == o and r["selected"]]
+    for o in _labels(spec):
+        picked = [r for r in rows if r["optimizer"] == o and r["selected"]]
         by_batch = {}
-        for r in chosen:
+        for r in picked:
             if not r["diverged"]:
                 by_batch.setdefault(r["batch_size"], []).append(r[f"test_{metric}"])
         pts = [(b, *_mean_std(v)) for b, v in sorted(by_batch.items())]  # mean and sd over seeds
-        lost = sorted({r["batch_size"] for r in chosen if r["diverged"]})
+        lost = sorted({r["batch_size"] for r in picked} - set(by_batch))
         line = ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o-", capsize=3,
                            label=o).lines[0] if pts else None
         if lost:  # diverged at every lr of the sweep: an x on the axis
@@ -289,7 +381,7 @@ def _plots(spec, out, rows, curves, metric, best_auc):
     plt.close(fig)
     big = max(r["batch_size"] for r in rows) if rows else None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    colors = {o: f"C{i}" for i, o in enumerate(spec["optimizers"])}
+    colors = {o: f"C{i}" for i, o in enumerate(_labels(spec))}
     labelled = set()
     for r in rows:
         if r["batch_size"] == big and r["selected"]:  # one line per seed, one colour per optimizer
@@ -312,9 +404,12 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--out", required=True, help="study directory (runs/, results.csv, results.md, plots)")
-    parser.add_argument("--np", type=int, default=1, help="processes per run (horovodrun --gloo on this host)")
-    parser.add_argument("--optimizers", nargs="+", help="override the preset's optimizers")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", help="override the preset's batch sizes")
+    parser.add_argument("--np", type=int, help="processes per run (horovodrun --gloo on this host); default: the "
+                        "preset's workers (8 for the paper presets, as the paper's 8 GPUs); sets --micro-batch "
+                        "min(128, B/np)")
+    parser.add_argument("--optimizers", nargs="+", help="only these arms of the preset (optimizer names or labels)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="only these batch sizes; one the preset lacks is "
+                        "added for each optimizer, centred on the project's base lr")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--lr-factors", type=float, nargs="+", help="override the preset's sweep around the base lr")
     parser.add_argument("--extend-edges", type=int, help="override how many steps the sweep may go past its ends")
@@ -327,17 +422,21 @@ def main(argv=None):
             spec[k] = getattr(args, k)
     if args.data_dir:
         extra = ["--data-dir", args.data_dir, *extra]
+    args.np = spec["np"] = args.np if args.np is not None else spec.get("workers", 1)
     if args.np < 1:
         parser.error(f"--np must be >= 1, got {args.np}")
     if spec["extend_edges"] < 0:
         parser.error(f"--extend-edges must be >= 0, got {spec['extend_edges']}")
     if not all(f > 0 for f in spec["lr_factors"]):
         parser.error(f"--lr-factors must all be > 0, got {spec['lr_factors']}")
+    if not arms(spec):
+        parser.error(f"--optimizers {spec.get('optimizers')} / --batch-sizes {spec.get('batch_sizes')} select no arm "
+                     f"of --preset {args.preset} (it has {sorted({(a['label'], a['batch']) for a in spec['arms']})})")
     if args.np > 1 and shutil.which("horovodrun", path=os.path.dirname(sys.executable)) is None:
         parser.error("--np > 1 needs Horovod (horovodrun); run `make install`")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "study.json"), "w") as f:
-        json.dump({"preset": args.preset, **spec, "extra_flags": list(extra), "np": args.np}, f, indent=1)
+        json.dump({"preset": args.preset, **spec, "arms": arms(spec), "extra_flags": list(extra)}, f, indent=1)
     rows = report(spec, args.out) if args.report_only else run(spec, args.out, args.np, extra)
     print(open(os.path.join(args.out, "results.md")).read() if rows else "no finished runs")
     return 0

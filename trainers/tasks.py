@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from trainers.data import criteo, criteo_binary, images
-from trainers.models import deepfm, resnet
+from trainers.models import deepfm, resnet, twoconv
 
 
 class ResNetTask:
@@ -37,6 +37,8 @@ class ResNetTask:
         self.num_train = len(self.train[0])
 
     def model(self):
+        if self.cfg.arch == "twoconv":
+            return twoconv.build(self.num_classes, self.image_size)
         return resnet.build(self.cfg.depth, self.num_classes, self.image_size)
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -1,0 +1,126 @@
+"""Each study preset resolves, through the trainers' own flag parser, to the paper's
+protocol (the values below are typed from the paper's text, table by table), and the
+schedules they name step as the paper's PyTorch schedulers did."""
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+
+from trainers import config, presets
+from trainers import study as st
+
+
+def resolved(name, np_=None):
+    """(arm, Config) for every arm of preset `name`, as `sngm-train study` would launch it."""
+    spec = dict(presets.PRESETS[name])
+    spec["np"] = np_ or spec.get("workers", 1)
+    out = []
+    for a in st.arms(spec):
+        parser = argparse.ArgumentParser()
+        config.add_flags(parser, spec["task"])
+        flags = st.run_flags(spec, a) + ["--lr", str(a["lr"])]
+        out.append((a, config.from_args(parser.parse_args(flags), spec["task"])))
+    return spec, out
+
+
+# journal Table 2 / sec. 5: what every CIFAR run of the journal used
+JOURNAL_CIFAR = dict(epochs=160, schedule="cosine", lr_per_epoch=True, warmup_epochs=0.0, weight_decay=1e-4,
+                     momentum=0.9, depth=20, arch="resnet", dataset="cifar10")
+
+
+def test_paper_cifar_is_journal_table_2():
+    spec, runs = resolved("paper-cifar")
+    assert spec["workers"] == 8 and spec["paper"]["source"] == "journal Table 2"
+    assert {(a["label"], a["batch"]) for a, _ in runs} == {
+        (o, b) for o in ("msgd", "lars", "sngm", "block_sngm") for b in (128, 1024, 2048, 4096, 8192)}
+    for a, cfg in runs:
+        for k, v in JOURNAL_CIFAR.items():
+            assert getattr(cfg, k) == v, (a, k)
+        # 8 GPUs x B/8 examples, accumulated in micro-batches of 128 beyond that
+        assert cfg.micro_batch == min(128, cfg.batch_size // 8) and cfg.optimizer == a["optimizer"]
+    assert spec["paper"]["rows"]["sngm"][8192] == 89.23 and spec["paper"]["rows"]["msgd"][8192] == 83.93
+
+
+V1 = {  # v1 Table 2: (label, B) -> (initial lr, schedule, power, warm-up epochs, warm-up start, test acc. ResNet-20 / -56)
+    ("msgd", 128): ((0.1, 0.1), "step", None, 0, 0, (91.63, 93.11)),
+    ("msgd", 4096): ((0.4, 0.3), "poly", 1.1, 0, 0, (89.25, 88.55)),
+    ("lars", 4096): ((0.8, 0.64), "poly", 1.1, 0, 0, (90.66, 92.46)),
+    ("lars-warmup", 4096): ((2.4, 2.8), "poly", 2.0, 5, 0.1, (90.80, 92.98)),
+    ("sngm", 4096): ((1.6, 1.3), "poly", 1.1, 0, 0, (91.42, 93.12)),
+}
+
+
+@pytest.mark.parametrize("name, depth, col", [("paper-cifar-v1", 20, 0), ("paper-cifar-v1-resnet56", 56, 1)])
+def test_paper_cifar_v1_is_v1_table_2(name, depth, col):
+    spec, runs = resolved(name)
+    assert {(a["label"], a["batch"]) for a, _ in runs} == set(V1)
+    for a, cfg in runs:
+        lr, sched, power, warm, start, acc = V1[(a["label"], a["batch"])]
+        assert cfg.lr == lr[col] and cfg.schedule == sched and cfg.warmup_epochs == warm and cfg.warmup_start == start
+        assert power is None or cfg.power == power
+        assert (cfg.depth, cfg.epochs, cfg.weight_decay, cfg.momentum) == (depth, 160, 1e-4, 0.9)
+        assert spec["paper"]["rows"][a["label"]][a["batch"]] == acc[col]
+    step = [cfg for a, cfg in runs if cfg.schedule == "step"][0]
+    assert step.lr_per_epoch  # He et al.: /10 after epochs 80 and 120, stepped per epoch
+
+
+@pytest.mark.parametrize("name", ["paper-ctr", "cpu-ctr"])
+def test_paper_ctr_is_journal_table_8(name):
+    spec, runs = resolved(name)
+    assert {(a["label"], a["batch"]) for a, _ in runs} == {
+        (o, b) for o in ("msgd", "adam", "lars", "lamb", "sngm") for b in (1024, 8192)}
+    for a, cfg in runs:
+        assert (cfg.epochs, cfg.weight_decay, cfg.momentum, cfg.schedule, cfg.warmup_epochs) == (10, 1e-3, 0.9, "constant", 0)
+        # the lr is chosen from {0.001, 0.01, 0.1}, the first sweep of every arm
+        assert sorted(round(a["lr"] * f, 6) for f in spec["lr_factors"]) == [0.001, 0.01, 0.1]
+    assert spec["paper"]["rows"]["sngm"] == {1024: 0.7489, 8192: 0.7514} and spec["paper"]["rows"]["msgd"][8192] == 0.5
+    assert spec["paper_inline"] == (name == "paper-ctr")  # planted data: the paper's AUCs are not in our cells
+    if name == "cpu-ctr":
+        train, val, test = spec["data_rows"]
+        assert train >= 200_000 and len(spec["seeds"]) == 3
+        assert math.isclose(test / (train + val + test), 0.2) and math.isclose(train / val, 4.0)  # 20% test, 4:1
+
+
+def test_cpu_cifar_gives_the_largest_batch_8_percent_and_400_updates():
+    spec, runs = resolved("cpu-cifar")
+    assert len(spec["seeds"]) >= 2 and {a["label"] for a, _ in runs} == {"msgd", "lars", "sngm", "block_sngm"}
+    big = max(cfg.batch_size for _, cfg in runs)
+    for a, cfg in runs:
+        train = cfg.train_subset - round(cfg.train_subset * cfg.validation_split)
+        assert (cfg.schedule, cfg.lr_per_epoch, cfg.warmup_epochs) == ("cosine", True, 0.0)
+        if cfg.batch_size == big:
+            assert cfg.batch_size >= 0.08 * train and (train // cfg.batch_size) * cfg.epochs >= 400
+    assert ("block_sngm", big) in {(a["label"], cfg.batch_size) for a, cfg in runs}
+
+
+def lrs(schedule, n):
+    return np.array([float(schedule(i)) for i in range(n)])
+
+
+def test_per_epoch_cosine_is_the_journals_formula():
+    from trainers import recipes
+
+    upe, epochs, lr0 = 7, 160, 0.8
+    got = lrs(recipes.schedule("cosine", lr0, upe * epochs, updates_per_epoch=upe), upe * epochs)
+    want = np.repeat([lr0 * 0.5 * (1 + math.cos(math.pi * m / epochs)) for m in range(epochs)], upe)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_step_schedule_divides_by_10_after_epochs_80_and_120():
+    from trainers import recipes
+
+    upe = 5
+    got = lrs(recipes.schedule("step", 0.1, upe * 160, updates_per_epoch=upe), upe * 160)
+    want = np.repeat([0.1] * 80 + [0.01] * 40 + [0.001] * 40, upe)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_warmup_ramps_from_its_start_to_the_peak():
+    from trainers import recipes
+
+    s = recipes.schedule("poly", 2.4, 100, power=2, warmup_updates=10, warmup_start=0.1)
+    got = lrs(s, 100)
+    np.testing.assert_allclose(got[:10], 0.1 + (2.4 - 0.1) * np.arange(1, 11) / 10, rtol=1e-6)
+    np.testing.assert_allclose(got[10:], 2.4 * (1 - np.arange(90) / 90) ** 2, rtol=1e-5, atol=1e-7)
