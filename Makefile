@@ -9,6 +9,10 @@ HOROVOD     ?= 1
 
 STAMP_BASE  := $(VENV)/.stamp-base
 STAMP_HVD   := $(VENV)/.stamp-horovod
+# The oldest supported Keras (keras_sngm.SUPPORTED_KERAS), beside the pinned newest: the
+# optimizer tests also run with it first on PYTHONPATH.
+KERAS_OLDEST := 3.12.0
+STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
 .PHONY: install test test-fast demo bench study clean help
 
@@ -33,7 +37,12 @@ ifeq ($(HOROVOD),1)
 endif
 	touch $@
 
-install: $(STAMP_BASE) $(STAMP_HVD)
+$(STAMP_OLD): $(STAMP_BASE)
+	rm -rf $(VENV)/keras-oldest
+	$(BIN)/pip install -q --no-deps --target $(VENV)/keras-oldest keras==$(KERAS_OLDEST)
+	touch $@
+
+install: $(STAMP_BASE) $(STAMP_HVD) $(STAMP_OLD)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -12,10 +12,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_sngm", "keras_sngm.*", "trainers", "trainers.*"]),
-    install_requires=["keras>=3.8", "numpy"],
+    # Exactly the Keras range the tests prove (the optimizer tests run on 3.12.0 and on
+    # 3.15.1, on the TensorFlow, JAX and PyTorch backends); keras_sngm checks it at import.
+    install_requires=["keras>=3.12,<3.16", "numpy"],
     extras_require={
-        # TensorFlow is the backend the optimizers' XLA step and the trainers use.
-        "tensorflow": ["tensorflow>=2.16", "tensorboard"],
+        # Any one backend. TensorFlow: the optimizers' XLA update, and the trainers.
+        "tensorflow": ["tensorflow>=2.20", "tensorboard"],
+        "jax": ["jax>=0.6"],
+        "torch": ["torch>=2.6"],
         # Horovod must be built against the installed TensorFlow: see tools/install_horovod.sh.
         "horovod": ["horovod==0.28.1"],
         "datasets": ["tensorflow-datasets>=4.9", "importlib_resources"],  # TFDS imports it undeclared

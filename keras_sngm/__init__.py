@@ -6,10 +6,30 @@ PyTorch), after Zhao, Xie and Li, "Stochastic Normalized Gradient Descent with M
 for Large-Batch Training" (arXiv 2007.13985).
 """
 
-from keras_sngm.block_sngm import BlockSNGM
-from keras_sngm.lars import LARS
-from keras_sngm.msgd import MSGD
-from keras_sngm.sngm import SNGM
+import keras
+
+# The Keras versions the test suite runs on: the oldest and the newest supported.
+SUPPORTED_KERAS = ("3.12.0", "3.16.0")  # >= first, < second
+
+
+def _version(text):
+    return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def check_keras_version(installed):
+    """Raises ImportError unless `installed` is in the supported range."""
+    low, high = SUPPORTED_KERAS
+    if not _version(low) <= _version(installed) < _version(high):
+        raise ImportError(f"keras_sngm supports Keras >={low},<{high}; the installed Keras is {installed}. "
+                          f"Install a supported one: pip install 'keras>={low},<{high}'")
+
+
+check_keras_version(keras.__version__)
+
+from keras_sngm.block_sngm import BlockSNGM  # noqa: E402
+from keras_sngm.lars import LARS  # noqa: E402
+from keras_sngm.msgd import MSGD  # noqa: E402
+from keras_sngm.sngm import SNGM  # noqa: E402
 
 __all__ = ["SNGM", "BlockSNGM", "LARS", "MSGD"]
 __version__ = "0.1.0"

@@ -7,20 +7,33 @@ All three are "momentum on a rescaled gradient":
     u_s  <- momentum * u_s + d_s
     w_s  <- w_s - lr * (u_s [+ wd * w_s])  ([...] for weight_decay_mode="decoupled")
 
-`c_s` may need every variable's gradient at once (SNGM's global norm), but
-Keras 3 calls `update_step` one variable at a time. The list-level hook is the
-TensorFlow optimizer's `_distributed_tf_update_step`: it runs after cross-replica
-all-reduce (tf.distribute), after loss-scale unscaling (LossScaleOptimizer) and after
-gradient accumulation, so the norm is always the norm of the averaged, unscaled,
-accumulated gradient, never a per-replica one. The norms are one read of g; the
-update is one (optionally XLA-fused) elementwise pass per variable.
+With `nesterov=True` the step looks ahead: `w_s <- w_s - lr * (momentum * u_s + d_s)`
+(Sutskever et al.; PyTorch's and optax's form).
+
+`c_s` may need every variable's gradient at once (SNGM's global norm), but Keras 3
+calls `update_step` one variable at a time. The list-level hooks, which Keras calls
+with the gradients of all variables after loss-scale unscaling (LossScaleOptimizer) and
+gradient accumulation:
+- TensorFlow: `_distributed_tf_update_step`, after the cross-replica all-reduce of
+  tf.distribute, so the norm is never a per-replica one;
+- JAX and PyTorch: `_backend_update_step`; under JAX the gradients are the global
+  (cross-device) ones, `keras.distribution.DataParallel` included.
+One update written with `keras.ops` serves every backend: on TensorFlow it runs in a
+`tf.function` with an XLA-compiled elementwise pass; on JAX it is traced into the
+jit-compiled train step of `model.fit`. The norms are one read of g; the update is one
+elementwise pass per variable.
 """
 
 import math
 import re
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+else:  # the JAX and PyTorch backends need no TensorFlow
+    tf = None
 
 # Paths of biases and normalization parameters (BatchNormalization, LayerNormalization,
 # GroupNormalization...: "gamma"/"beta"); searched with `re.search` in `variable.path`.
@@ -62,8 +75,41 @@ def _matches(patterns, variable):
 
 
 def squared_norm(x):
-    """Sum of squares in float32 (bf16/fp16 safe). `l2_loss` is one kernel, no temporary."""
-    return 2.0 * tf.nn.l2_loss(tf.cast(x, tf.float32))
+    """Sum of squares in float32 (bf16/fp16 safe). On TensorFlow `l2_loss` is one
+    kernel, no temporary."""
+    if tf is not None:
+        return 2.0 * tf.nn.l2_loss(tf.cast(x, tf.float32))
+    return ops.sum(ops.square(ops.cast(x, "float32")))
+
+
+def _dense(g):
+    """TensorFlow's IndexedSlices (embedding gradients) as a dense tensor: the momentum
+    decays every row, so the update is dense anyway; repeated indices are summed."""
+    return tf.convert_to_tensor(g) if tf is not None else g
+
+
+def _traced(tensors):
+    """Whether JAX is tracing (inside jit: `model.fit`'s train step)."""
+    import jax
+
+    return any(isinstance(t, jax.core.Tracer) for t in tensors)
+
+
+def _jax_jit(opt, owned, indices):
+    """`opt._step` as a pure function of the values of `owned` (weights, momenta and
+    diagnostics), compiled by `jax.jit`: Keras' StatelessScope turns the assignments
+    into returned values."""
+    import jax
+
+    n = len(indices)
+    variables, momenta = owned[:n], owned[n:2 * n]
+
+    def pure(values, grads, learning_rate, step):
+        with keras.StatelessScope(state_mapping=list(zip(owned, values))) as scope:
+            opt._step(grads, variables, momenta, opt._state, learning_rate, step, indices, opt._apply)
+        return [scope.get_current_value(v) for v in owned]
+
+    return jax.jit(pure)
 
 
 class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
@@ -94,14 +140,10 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         weight_decay_exclude=None,
         jit_compile=True,
         diagnostics_every=100,
+        nesterov=False,
         name=None,
         **kwargs,
     ):
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(
-                f"{type(self).__name__} needs the TensorFlow backend. "
-                f"Received: KERAS_BACKEND={keras.backend.backend()!r}"
-            )
         learning_rate = _check_learning_rate(learning_rate)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             raise ValueError(f"`momentum` must be a float in [0, 1). Received: momentum={momentum!r}")
@@ -131,14 +173,18 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         if isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int) or diagnostics_every < 0:
             raise ValueError(f"`diagnostics_every` must be an int >= 0. Received: diagnostics_every={diagnostics_every!r}")
         self.diagnostics_every = diagnostics_every
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"`nesterov` must be True or False. Received: nesterov={nesterov!r}")
+        self.nesterov = nesterov
         self._step_fn = None
+        self._jax_steps = {}
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
         self.momentums = self.add_optimizer_variables(variables, "momentum")
-        self.skipped_steps = self.add_variable(shape=(), dtype="int64", name="skipped_steps")
+        self.skipped_steps = self.add_variable(shape=(), dtype="int32", name="skipped_steps")
         # Diagnostics (non-trainable, saved with the optimizer; see `diagnostics()`).
         self._state = {"skipped_steps": self.skipped_steps}
         for name in ("grad_norm", "momentum_norm", "update_norm"):
@@ -159,6 +205,25 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
             f"{type(self).__name__} updates all variables at once; use `apply()`/`apply_gradients()`."
         )
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if tf is not None:  # TensorFlow: through tf.distribute, to `_distributed_tf_update_step`
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        indices = tuple(self._get_variable_index(v) for v in trainable_variables)
+        momenta = [self.momentums[i] for i in indices]
+        learning_rate = ops.cast(learning_rate, "float32")
+        variables, grads = list(trainable_variables), list(grads)
+        if keras.backend.backend() == "jax" and self.jit_compile and not _traced(grads):
+            # Eager `apply()` on JAX: one jit-compiled step instead of a compile per op
+            # (inside `model.fit` the whole train step is already traced and compiled).
+            owned = variables + momenta + list(self._state.values())
+            fn = self._jax_steps.get(indices)
+            if fn is None:
+                fn = self._jax_steps[indices] = _jax_jit(self, owned, indices)
+            for v, value in zip(owned, fn([v.value for v in owned], grads, learning_rate, self._iterations.value)):
+                v.assign(value)
+            return
+        self._step(grads, variables, momenta, self._state, learning_rate, self._iterations, indices, self._apply)
+
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         # Gradients here are already all-reduced across replicas, unscaled and accumulated.
         grads = [g for g, _ in grads_and_vars]
@@ -167,8 +232,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         momenta = [self.momentums[i].value for i in indices]
         learning_rate = tf.convert_to_tensor(learning_rate, tf.float32)  # a Keras Variable or a schedule's value
         if self._step_fn is None:
-            self._step_fn = tf.function(self._step, autograph=False)
-            self._apply_fn = tf.function(self._apply, jit_compile=self.jit_compile, autograph=False)
+            apply_fn = tf.function(self._apply, jit_compile=self.jit_compile, autograph=False)
+            self._step_fn = tf.function(lambda *args: self._step(*args, apply_fn), autograph=False)
 
         state = {k: v.value for k, v in self._state.items()}
         step = tf.convert_to_tensor(self._iterations)
@@ -181,45 +246,59 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
             variables[0], per_device, args=(grads, variables, momenta, state, learning_rate, step), group=False
         )
 
-    def _step(self, grads, variables, momenta, state, learning_rate, step, indices):
-        # Dense gradients: the momentum decays every row, so the update is dense anyway;
-        # tf.convert_to_tensor sums repeated IndexedSlices indices, so norms are exact.
-        grads = [tf.convert_to_tensor(g) for g in grads]
+    def _step(self, grads, variables, momenta, state, learning_rate, step, indices, apply_fn):
+        grads = [_dense(g) for g in grads]
         if self.weight_decay_mode == "l2":  # the L2 term enters before the normalization
-            grads = [g + self.weight_decay * w if self._decays[i] else g for g, w, i in zip(grads, variables, indices)]
-        # Norms by TensorFlow's own reduction kernel: on CPU it is vectorized and threaded,
-        # about 3x faster than XLA's; under a whole-model XLA step XLA takes it anyway.
-        grad_norms = [tf.sqrt(squared_norm(g)) for g in grads]
-        finite = tf.reduce_all(tf.math.is_finite(tf.stack(grad_norms)))
+            grads = [g + ops.cast(self.weight_decay, g.dtype) * w if self._decays[i] else g
+                     for g, w, i in zip(grads, variables, indices)]
+        grad_norms = [ops.sqrt(squared_norm(g)) for g in grads]
+        finite = ops.all(ops.isfinite(ops.stack(grad_norms)))
         scales = self._scales(grad_norms, variables, indices)
-        self._apply_fn(grads, variables, momenta, scales, finite, learning_rate, indices)
-        self.assign_add(state["skipped_steps"], tf.cast(tf.logical_not(finite), tf.int64))
-        self._record(state, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices)
+        apply_fn(grads, variables, momenta, scales, finite, learning_rate, indices)
+        self.assign_add(state["skipped_steps"], ops.cast(ops.logical_not(finite), "int32"))
+        self._record(state, grads, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices)
 
-    def _record(self, state, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices):
+    def _record(self, state, grads, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices):
         """Diagnostics: what is already computed is stored every step (free); the
         momentum and update norms cost one more read of u, so every `diagnostics_every`
         steps only."""
-        self.assign(state["grad_norm"], tf.sqrt(tf.add_n([n * n for n in grad_norms])))
-        at = tf.constant([[i] for i in indices])
+        self.assign(state["grad_norm"], ops.sqrt(sum(n * n for n in grad_norms)))
+        at = ops.convert_to_tensor([[i] for i in indices], dtype="int32")
         if "block_grad_norms" in state:
-            self.assign(state["block_grad_norms"], tf.tensor_scatter_nd_update(state["block_grad_norms"], at, tf.stack(grad_norms)))
+            self.assign(state["block_grad_norms"], ops.scatter_update(state["block_grad_norms"], at, ops.stack(grad_norms)))
         if "trust_ratios" in state:
-            self.assign(state["trust_ratios"], tf.tensor_scatter_nd_update(state["trust_ratios"], at, tf.stack(scales)))
+            self.assign(state["trust_ratios"], ops.scatter_update(state["trust_ratios"], at,
+                                                                  ops.stack([ops.cast(c, "float32") for c in scales])))
         if not self.diagnostics_every:
             return
+        lr = ops.where(finite, learning_rate, 0.0)
 
-        def momentum_and_update_norms():
-            u_sq = tf.add_n([squared_norm(u) for u in momenta])
-            self.assign(state["momentum_norm"], tf.sqrt(u_sq))  # ||u_t|| (Lemma 2: <= 1/(1-beta))
-            lr = tf.where(finite, learning_rate, 0.0)
-            if self.weight_decay_mode == "decoupled":  # step = u + wd w_old = (u + wd w_new) / (1 - lr wd)
-                u_sq = tf.add_n([squared_norm((u + self.weight_decay * w) / (1.0 - lr * self.weight_decay))
-                                 if self._decays[i] else squared_norm(u) for u, w, i in zip(momenta, variables, indices)])
-            self.assign(state["update_norm"], lr * tf.sqrt(u_sq))  # ||w_t - w_{t+1}||
-            return tf.constant(True)
+        def norms():
+            u_sq = sum(squared_norm(u) for u in momenta)
+            steps = self._steps(grads, variables, momenta, scales, finite, lr, indices)
+            return ops.sqrt(u_sq), lr * ops.sqrt(sum(squared_norm(s) for s in steps))  # ||u_t||, ||w_t - w_{t+1}||
 
-        tf.cond(step % self.diagnostics_every == 0, momentum_and_update_norms, lambda: tf.constant(False))
+        def keep():
+            return ops.convert_to_tensor(state["momentum_norm"]), ops.convert_to_tensor(state["update_norm"])
+
+        # The branch only computes; the assignment is outside it (JAX's cond must be pure).
+        u_norm, w_step = ops.cond(ops.equal(step % self.diagnostics_every, 0), norms, keep)
+        self.assign(state["momentum_norm"], u_norm)  # Lemma 2: <= 1/(1-beta)
+        self.assign(state["update_norm"], w_step)
+
+    def _steps(self, grads, variables, momenta, scales, finite, lr, indices):
+        """The step each variable just took, read after the update (u = u_t, w = w_t):
+        u_t, or beta u_t + d_t with nesterov; when decoupled, + wd w_{t-1}, which with
+        w_t = w_{t-1} - lr (s + wd w_{t-1}) makes the step (s + wd w_t) / (1 - lr wd)."""
+        out = []
+        for g, w, u, c, i in zip(grads, variables, momenta, scales, indices):
+            s = ops.convert_to_tensor(u)
+            if self.nesterov:
+                s = self.momentum * s + ops.cast(ops.where(finite, g * ops.cast(c, g.dtype), ops.zeros_like(g)), s.dtype)
+            if self.weight_decay_mode == "decoupled" and self._decays[i]:
+                s = (s + self.weight_decay * ops.convert_to_tensor(w)) / (1.0 - lr * self.weight_decay)
+            out.append(s)
+        return out
 
     def diagnostics(self):
         """The latest diagnostics as NumPy values: grad_norm (||g_t||, after L2 decay),
@@ -229,27 +308,28 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         trainable variables). momentum_norm is read from the momentum now (exact
         whenever this is called); update_norm is refreshed inside the step every
         `diagnostics_every` steps."""
-        out = {k: v.numpy() for k, v in self._state.items()}
-        out["momentum_norm"] = float(tf.sqrt(tf.add_n([squared_norm(u.value) for u in self.momentums])))
+        out = {k: ops.convert_to_numpy(v.value) for k, v in self._state.items()}
+        out["momentum_norm"] = float(ops.sqrt(sum(squared_norm(u.value) for u in self.momentums)))
         out["momentum_norm_bound"] = 1.0 / (1.0 - self.momentum)
         return out
 
     def _apply(self, grads, variables, momenta, scales, finite, learning_rate, indices):
-        """One elementwise pass per variable (XLA-fused): read g, u, w; write u, w.
+        """One elementwise pass per variable (XLA-fused on TensorFlow): read g, u, w;
+        write u, w.
 
         A skipped step becomes beta=1, lr=0, d=0 through three scalars, so no
         per-element select on u or w is needed.
         """
-        beta = tf.where(finite, self.momentum, 1.0)
-        lr = tf.where(finite, learning_rate, 0.0)
+        beta = ops.where(finite, self.momentum, 1.0)
+        lr = ops.where(finite, learning_rate, 0.0)
         for g, w, u, c, i in zip(grads, variables, momenta, scales, indices):
-            d = tf.where(finite, g * tf.cast(c, g.dtype), tf.zeros_like(g))    # d_s = c_s * g_s
-            u_new = tf.cast(beta, u.dtype) * u + tf.cast(d, u.dtype)            # u <- beta * u + d
-            step = u_new
+            d = ops.where(finite, g * ops.cast(c, g.dtype), ops.zeros_like(g))   # d_s = c_s * g_s
+            u_new = ops.cast(beta, u.dtype) * u + ops.cast(d, u.dtype)           # u <- beta * u + d
+            step = ops.cast(beta, u.dtype) * u_new + ops.cast(d, u.dtype) if self.nesterov else u_new  # nesterov
             if self.weight_decay_mode == "decoupled" and self._decays[i]:
-                step = step + self.weight_decay * w                             # outside the normalization
+                step = step + self.weight_decay * w                              # outside the normalization
             self.assign(u, u_new)
-            self.assign_sub(w, tf.cast(lr, w.dtype) * step)                      # w <- w - lr * u
+            self.assign_sub(w, ops.cast(lr, w.dtype) * step)                     # w <- w - lr * u
 
     def _scales(self, grad_norms, variables, indices):
         """Per-variable factors c_s with direction d_s = c_s * g_s (one scalar each)."""
@@ -264,6 +344,7 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
                 "weight_decay_exclude": list(self.weight_decay_exclude),
                 "jit_compile": self.jit_compile,
                 "diagnostics_every": self.diagnostics_every,
+                "nesterov": self.nesterov,
             }
         )
         return config

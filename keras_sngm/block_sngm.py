@@ -1,7 +1,7 @@
 """Block-wise SNGM: SNGM with the norm taken per variable."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_sngm._base import NormalizedMomentumOptimizer
 
@@ -35,6 +35,9 @@ class BlockSNGM(NormalizedMomentumOptimizer):
         diagnostics_every: int >= 0; the momentum and update norms kept for
             `diagnostics()` are refreshed every this many steps (one more read of
             the momentum); 0 turns them off. Defaults to `100`.
+        nesterov: bool; look-ahead step `w = w - learning_rate * (momentum * u + d)`
+            with `u` already updated and `d` the direction that entered it (as
+            PyTorch's SGD and optax's `trace(nesterov=True)`). Defaults to `False`.
         name: String. The name of the optimizer. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
 
@@ -45,4 +48,4 @@ class BlockSNGM(NormalizedMomentumOptimizer):
     per_variable_diagnostics = ("block_grad_norms",)
 
     def _scales(self, grad_norms, variables, indices):
-        return [tf.math.divide_no_nan(1.0, n) for n in grad_norms]  # eq. (13): d_s = g_s / ||g_s||
+        return [ops.where(n > 0, 1.0 / ops.maximum(n, 1e-30), 0.0) for n in grad_norms]  # eq. (13): g_s / ||g_s||

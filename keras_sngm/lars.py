@@ -3,7 +3,7 @@
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_sngm._base import BIAS_AND_NORM_PATTERNS, NormalizedMomentumOptimizer, _check_patterns, _matches, squared_norm
 
@@ -51,6 +51,9 @@ class LARS(NormalizedMomentumOptimizer):
         diagnostics_every: int >= 0; the momentum and update norms kept for
             `diagnostics()` are refreshed every this many steps (one more read of
             the momentum); 0 turns them off. Defaults to `100`.
+        nesterov: bool; look-ahead step `w = w - learning_rate * (momentum * u + d)`
+            with `u` already updated and `d` the direction that entered it (as
+            PyTorch's SGD and optax's `trace(nesterov=True)`). Defaults to `False`.
         name: String. The name of the optimizer. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
 
@@ -78,6 +81,7 @@ class LARS(NormalizedMomentumOptimizer):
         trust_ratio_exclude=BIAS_AND_NORM_PATTERNS,
         jit_compile=True,
         diagnostics_every=100,
+        nesterov=False,
         name=None,
         **kwargs,
     ):
@@ -105,6 +109,7 @@ class LARS(NormalizedMomentumOptimizer):
             weight_decay_exclude=weight_decay_exclude,
             jit_compile=jit_compile,
             diagnostics_every=diagnostics_every,
+            nesterov=nesterov,
             name=name,
             **kwargs,
         )
@@ -123,17 +128,17 @@ class LARS(NormalizedMomentumOptimizer):
 
     def _phi(self, z):
         if self.phi == "clip":
-            return tf.clip_by_value(z, self.phi_lower, self.phi_upper)  # min(max(z, lower), upper)
+            return ops.clip(z, self.phi_lower, self.phi_upper)  # min(max(z, lower), upper)
         return z
 
     def _scales(self, grad_norms, variables, indices):
         scales = []
         for g_norm, w, i in zip(grad_norms, variables, indices):
-            ratio = tf.constant(1.0)
+            ratio = ops.ones(())
             if self._trusted[i]:
-                p = self._phi(tf.sqrt(squared_norm(w)))                        # phi(||w_s||)
+                p = self._phi(ops.sqrt(squared_norm(w)))                        # phi(||w_s||)
                 trust = self.trust_coefficient * p / (g_norm + self.epsilon)   # / ||g_s||
-                ratio = tf.where((p > 0) & (g_norm > 0), trust, 1.0)
+                ratio = ops.where(ops.logical_and(p > 0, g_norm > 0), trust, 1.0)
             scales.append(ratio)
         return scales
 

@@ -1,7 +1,7 @@
 """Momentum SGD with L2 in the gradient: the paper's MSGD baseline (PyTorch's SGD)."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_sngm._base import NormalizedMomentumOptimizer
 
@@ -36,6 +36,7 @@ class MSGD(NormalizedMomentumOptimizer):
             Defaults to `()`.
         jit_compile: whether the update is one XLA-compiled function. Defaults to `True`.
         diagnostics_every: int >= 0, as in `SNGM`. Defaults to `100`.
+        nesterov: bool, as in `SNGM` (PyTorch's `SGD(nesterov=True)`). Defaults to `False`.
         name: String. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`.
 
@@ -49,4 +50,4 @@ class MSGD(NormalizedMomentumOptimizer):
     normalized = False  # its step length is lr * ||u||, which grows with ||g||
 
     def _scales(self, grad_norms, variables, indices):
-        return [tf.constant(1.0)] * len(grad_norms)   # d = g: no normalization
+        return [ops.ones(())] * len(grad_norms)   # d = g: no normalization

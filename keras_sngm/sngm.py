@@ -1,7 +1,7 @@
 """SNGM: stochastic normalized gradient descent with momentum."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_sngm._base import NormalizedMomentumOptimizer
 
@@ -45,6 +45,9 @@ class SNGM(NormalizedMomentumOptimizer):
         diagnostics_every: int >= 0; the momentum and update norms kept for
             `diagnostics()` are refreshed every this many steps (one more read of
             the momentum); 0 turns them off. Defaults to `100`.
+        nesterov: bool; look-ahead step `w = w - learning_rate * (momentum * u + d)`
+            with `u` already updated and `d` the direction that entered it (as
+            PyTorch's SGD and optax's `trace(nesterov=True)`). Defaults to `False`.
         name: String. The name of the optimizer. Defaults to `None`.
         **kwargs: any other keyword argument of `keras.optimizers.Optimizer`
             (`gradient_accumulation_steps`, `loss_scale_factor`, `use_ema`, ...).
@@ -55,6 +58,6 @@ class SNGM(NormalizedMomentumOptimizer):
     """
 
     def _scales(self, grad_norms, variables, indices):
-        norm = tf.sqrt(tf.add_n([n * n for n in grad_norms]))   # ||g_t|| over all variables
-        c = tf.math.divide_no_nan(1.0, norm)                     # eq. (7): d = g / ||g||; 0 if g = 0
+        norm = ops.sqrt(sum(n * n for n in grad_norms))         # ||g_t|| over all variables
+        c = ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), 0.0)  # eq. (7): d = g / ||g||; 0 if g = 0
         return [c] * len(grad_norms)

@@ -11,26 +11,27 @@ def _l2(grads, weights, wd, decay_mask):
     return [g + wd * w if m else g for g, w, m in zip(grads, weights, decay_mask)]
 
 
-def _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask):
+def _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask, nesterov=False):
     new_u = [beta * u + d for u, d in zip(momenta, directions)]
     new_w = []
-    for w, u, m in zip(weights, new_u, decay_mask):
-        step = u + wd * w if (mode == "decoupled" and m) else u
+    for w, u, d, m in zip(weights, new_u, directions, decay_mask):
+        step = beta * u + d if nesterov else u  # Nesterov: look ahead along the new momentum
+        step = step + wd * w if (mode == "decoupled" and m) else step
         new_w.append(w - lr * step)
     return new_w, new_u
 
 
-def sngm_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_mask=None):
+def sngm_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_mask=None, nesterov=False):
     """Eq. (7)-(8): u <- beta*u + g/||g|| (norm over all variables); w <- w - lr*u."""
     decay_mask = decay_mask or [True] * len(weights)
     if mode == "l2":
         grads = _l2(grads, weights, wd, decay_mask)
     norm = np.sqrt(sum(np.sum(g * g) for g in grads))
     directions = [g / norm if norm > 0 else np.zeros_like(g) for g in grads]
-    return _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask)
+    return _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask, nesterov)
 
 
-def block_sngm_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_mask=None):
+def block_sngm_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_mask=None, nesterov=False):
     """Eq. (13)-(14): the same, each block s normalized by its own ||g_s||."""
     decay_mask = decay_mask or [True] * len(weights)
     if mode == "l2":
@@ -39,11 +40,11 @@ def block_sngm_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_
     for g in grads:
         n = np.linalg.norm(g.ravel())
         directions.append(g / n if n > 0 else np.zeros_like(g))
-    return _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask)
+    return _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask, nesterov)
 
 
 def lars_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_mask=None,
-              trust_mask=None, eta=0.001, eps=1e-9, phi=lambda z: z):
+              trust_mask=None, eta=0.001, eps=1e-9, phi=lambda z: z, nesterov=False):
     """LARS: u_s <- beta*u_s + eta*phi(||w_s||)/(||g_s||+eps) * g_s; w_s <- w_s - lr*u_s."""
     decay_mask = decay_mask or [True] * len(weights)
     trust_mask = trust_mask or [True] * len(weights)
@@ -57,7 +58,7 @@ def lars_step(weights, momenta, grads, lr, beta, wd=0.0, mode="l2", decay_mask=N
             if p > 0 and gn > 0:
                 ratio = eta * p / (gn + eps)
         directions.append(ratio * g)
-    return _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask)
+    return _finish(weights, momenta, directions, lr, beta, wd, mode, decay_mask, nesterov)
 
 
 def msgd_step(weights, momenta, grads, lr, beta):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import keras
-import tensorflow as tf
+from keras import ops
 
 import reference as ref
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
@@ -31,7 +31,7 @@ def random_grads(seed, steps=STEPS):
 def run_keras(opt, grads_seq, seed=0):
     variables = make_variables(seed)
     for grads in grads_seq:
-        opt.apply([tf.constant(g) for g in grads], variables)
+        opt.apply([ops.convert_to_tensor(g) for g in grads], variables)
     return [v.numpy() for v in variables], opt
 
 
@@ -123,19 +123,19 @@ def test_lemma2_momentum_norm_bounded():
     norms = []
     for t in range(200):
         scale = 10.0 ** rng.uniform(-4, 4)  # gradients of wildly varying size
-        opt.apply([tf.constant(rng.normal(scale=scale, size=v.shape).astype("float32")) for v in variables], variables)
+        opt.apply([ops.convert_to_tensor(rng.normal(scale=scale, size=v.shape).astype("float32")) for v in variables], variables)
         norms.append(np.sqrt(sum(np.sum(m.numpy() ** 2) for m in opt.momentums)))
     assert max(norms) <= bound * (1 + 1e-6)
     # Always-aligned gradients approach the bound, so the check is not vacuous.
     for _ in range(200):
-        opt.apply([tf.ones(v.shape) for v in variables], variables)
+        opt.apply([ops.ones(v.shape) for v in variables], variables)
     assert np.sqrt(sum(np.sum(m.numpy() ** 2) for m in opt.momentums)) > 0.99 * bound
 
 
 def _minimize_1d(opt, x0, steps):
     x = keras.Variable(np.array([x0], "float32"))
     for _ in range(steps):
-        opt.apply([tf.constant(x.numpy() + 1.0)], [x])  # F(x) = (x + 1)^2 / 2
+        opt.apply([ops.convert_to_tensor(x.numpy() + 1.0)], [x])  # F(x) = (x + 1)^2 / 2
     return float(x.numpy()[0])
 
 
@@ -188,3 +188,66 @@ def test_adam_baseline_adds_l2_to_the_gradient():
     assert max(np.max(np.abs(a - b)) for a, b in zip(adamw, want)) > 1e-3  # the rule really differs
     restored = AdamL2.from_config(optimizer("adam", 0.01, weight_decay=0.05).get_config())
     assert restored.l2 == 0.05 and isinstance(restored, AdamL2)
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize(
+    "cls,step_fn,kw",
+    [(SNGM, ref.sngm_step, {}), (BlockSNGM, ref.block_sngm_step, {}),
+     (LARS, ref.lars_step, {"trust_mask": LARS_MASK, "eps": 0.0})],
+    ids=["SNGM", "BlockSNGM", "LARS"],
+)
+def test_nesterov_matches_reference(cls, step_fn, kw, mode):
+    """nesterov=True: w <- w - lr * (beta * u_t + d_t), u_t = beta * u_{t-1} + d_t."""
+    grads = random_grads(6)
+    extra = {"epsilon": 0.0} if cls is LARS else {"weight_decay_exclude": ["gamma"]}
+    got, opt = run_keras(cls(learning_rate=0.05, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode,
+                             nesterov=True, **extra), grads)
+    mask = LARS_MASK if cls is LARS else NOT_NORM
+    want, want_u = run_reference(step_fn, grads, 0.05, beta=0.9, wd=0.01, mode=mode, decay_mask=mask, nesterov=True,
+                                 **kw)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    for m, w in zip(opt.momentums, want_u):
+        np.testing.assert_allclose(m.numpy(), w, rtol=1e-5, atol=1e-6)
+    plain, _ = run_keras(cls(learning_rate=0.05, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode, **extra), grads)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(plain, want)) > 1e-3  # the look-ahead really differs
+    # update_norm is the length of the Nesterov step the weights took (diagnostics_every=1)
+    opt = cls(learning_rate=0.05, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode, nesterov=True,
+              diagnostics_every=1, **extra)
+    variables = make_variables()
+    for step in grads:
+        before = [v.numpy().copy() for v in variables]
+        opt.apply([ops.convert_to_tensor(g) for g in step], variables)
+    moved = np.sqrt(sum(np.sum((v.numpy() - w) ** 2) for v, w in zip(variables, before)))
+    np.testing.assert_allclose(opt.diagnostics()["update_norm"], moved, rtol=1e-3)
+
+
+def test_msgd_nesterov_equals_pytorch_sgd():
+    """Golden values from another implementation: torch.optim.SGD(momentum, nesterov,
+    weight_decay) on the same gradients (PyTorch, when installed)."""
+    torch = pytest.importorskip("torch")
+    grads = random_grads(7)
+    got, _ = run_keras(MSGD(learning_rate=0.05, momentum=0.9, weight_decay=0.01, nesterov=True), grads)
+    params = [torch.nn.Parameter(torch.tensor(v.numpy(), dtype=torch.float64)) for v in make_variables()]
+    sgd = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = torch.tensor(g, dtype=torch.float64)
+        sgd.step()
+    for g, p in zip(got, params):
+        np.testing.assert_allclose(g, p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_keras_exclude_from_weight_decay_is_honoured_beside_the_regexes():
+    """Keras' own `exclude_from_weight_decay(var_names=...)` and our `weight_decay_exclude`
+    regexes both take a variable out of the decay."""
+    grads = random_grads(8)
+    opt = SNGM(learning_rate=0.05, momentum=0.9, weight_decay=0.01, weight_decay_exclude=["gamma"])
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    got, _ = run_keras(opt, grads)
+    want, _ = run_reference(ref.sngm_step, grads, 0.05, beta=0.9, wd=0.01, decay_mask=[True, False, True, False])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    other, _ = run_keras(SNGM(learning_rate=0.05, momentum=0.9, weight_decay=0.01, weight_decay_exclude=["gamma"]), grads)
+    assert np.max(np.abs(other[1] - want[1])) > 1e-4  # the bias really was decayed without the exclusion
