@@ -223,27 +223,6 @@ def test_embedding_model_fits_with_sparse_gradients():
     assert hist.history["loss"][-1] < 0.5 * hist.history["loss"][0]
 
 
-@pytest.mark.parametrize("cls", [SNGM, BlockSNGM, LARS])
-def test_zero_and_nonfinite_gradients(cls):
-    v = keras.Variable(np.array([1.0, 2.0], "float32"))
-    b = keras.Variable(np.array([0.5], "float32"))
-    opt = cls(learning_rate=0.1, momentum=0.9)
-    opt.apply([tf.zeros(2), tf.zeros(1)], [v, b])  # zero gradient: no NaN, no move
-    np.testing.assert_array_equal(v.numpy(), [1.0, 2.0])
-    opt.apply([tf.constant([1.0, -1.0]), tf.constant([2.0])], [v, b])
-    before = [v.numpy().copy(), b.numpy().copy(), [m.numpy().copy() for m in opt.momentums]]
-    for bad in (np.nan, np.inf, -np.inf):
-        opt.apply([tf.constant([bad, 1.0]), tf.constant([1.0])], [v, b])  # NaN in one variable only
-        np.testing.assert_array_equal(v.numpy(), before[0])
-        np.testing.assert_array_equal(b.numpy(), before[1])
-        for m, m0 in zip(opt.momentums, before[2]):
-            np.testing.assert_array_equal(m.numpy(), m0)
-    assert int(opt.skipped_steps.numpy()) == 3
-    assert int(opt.iterations) == 5
-    opt.apply([tf.constant([1.0, -1.0]), tf.constant([2.0])], [v, b])
-    assert np.all(np.isfinite(v.numpy())) and not np.array_equal(v.numpy(), before[0])
-
-
 BAD = [
     (dict(learning_rate=0.0), "learning_rate=0.0"),
     (dict(learning_rate=-1.0), "learning_rate=-1.0"),
@@ -253,6 +232,7 @@ BAD = [
     (dict(weight_decay=-1e-4), "weight_decay=-0.0001"),
     (dict(weight_decay_mode="adamw"), "weight_decay_mode='adamw'"),
     (dict(weight_decay_exclude=["("]), "weight_decay_exclude=('(',)"),
+    (dict(nesterov=1), "nesterov=1"),
 ]
 LARS_BAD = [
     (dict(phi="sqrt"), "phi='sqrt'"),

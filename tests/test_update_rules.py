@@ -251,3 +251,61 @@ def test_keras_exclude_from_weight_decay_is_honoured_beside_the_regexes():
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     other, _ = run_keras(SNGM(learning_rate=0.05, momentum=0.9, weight_decay=0.01, weight_decay_exclude=["gamma"]), grads)
     assert np.max(np.abs(other[1] - want[1])) > 1e-4  # the bias really was decayed without the exclusion
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize("cls", [SNGM, BlockSNGM, LARS])
+def test_optimizer_diagnostics_match_reference(cls, mode):
+    rng = np.random.default_rng(0)
+    with keras.name_scope("dense"):
+        variables = [keras.Variable(rng.normal(size=(4, 3)).astype("float32"), name="kernel"),
+                     keras.Variable(rng.normal(size=(3,)).astype("float32"), name="bias")]
+    w = [v.numpy().astype("float64") for v in variables]
+    u = [np.zeros_like(x) for x in w]
+    kw = dict(learning_rate=0.1, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode)
+    opt = cls(diagnostics_every=1, trust_coefficient=0.05, **kw) if cls is LARS else cls(diagnostics_every=1, **kw)
+    rng = np.random.default_rng(1)
+    mask = [True, False] if cls is LARS else [True, True]
+    for _ in range(4):
+        g = [rng.normal(size=x.shape) for x in w]
+        opt.apply([ops.convert_to_tensor(x.astype("float32")) for x in g], variables)
+        g_eff = [gi + 0.01 * wi if (mode == "l2" and m) else gi for gi, wi, m in zip(g, w, mask)]
+        w_before = w
+        if cls is SNGM:
+            w, u = ref.sngm_step(w, u, g, 0.1, 0.9, 0.01, mode)
+        elif cls is BlockSNGM:
+            w, u = ref.block_sngm_step(w, u, g, 0.1, 0.9, 0.01, mode)
+        else:
+            w, u = ref.lars_step(w, u, g, 0.1, 0.9, 0.01, mode, decay_mask=mask, trust_mask=mask, eta=0.05)
+        d = opt.diagnostics()
+        np.testing.assert_allclose(d["grad_norm"], np.sqrt(sum(np.sum(x * x) for x in g_eff)), rtol=1e-5)
+        np.testing.assert_allclose(d["momentum_norm"], np.sqrt(sum(np.sum(x * x) for x in u)), rtol=1e-5)
+        step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(w_before, w)))
+        np.testing.assert_allclose(d["update_norm"], step, rtol=1e-4)
+        assert d["momentum_norm_bound"] == pytest.approx(10.0)
+        if cls is not SNGM:
+            np.testing.assert_allclose(d["block_grad_norms"], [np.linalg.norm(x) for x in g_eff], rtol=1e-5)
+        if cls is LARS:
+            want = 0.05 * np.linalg.norm(w_before[0]) / np.linalg.norm(g_eff[0])
+            np.testing.assert_allclose(d["trust_ratios"], [want, 1.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [SNGM, BlockSNGM, LARS])
+def test_zero_and_nonfinite_gradients(cls):
+    v = keras.Variable(np.array([1.0, 2.0], "float32"))
+    b = keras.Variable(np.array([0.5], "float32"))
+    opt = cls(learning_rate=0.1, momentum=0.9)
+    opt.apply([ops.zeros(2), ops.zeros(1)], [v, b])  # zero gradient: no NaN, no move
+    np.testing.assert_array_equal(v.numpy(), [1.0, 2.0])
+    opt.apply([ops.convert_to_tensor([1.0, -1.0]), ops.convert_to_tensor([2.0])], [v, b])
+    before = [v.numpy().copy(), b.numpy().copy(), [m.numpy().copy() for m in opt.momentums]]
+    for bad in (np.nan, np.inf, -np.inf):
+        opt.apply([ops.convert_to_tensor([bad, 1.0]), ops.convert_to_tensor([1.0])], [v, b])  # NaN in one variable only
+        np.testing.assert_array_equal(v.numpy(), before[0])
+        np.testing.assert_array_equal(b.numpy(), before[1])
+        for m, m0 in zip(opt.momentums, before[2]):
+            np.testing.assert_array_equal(m.numpy(), m0)
+    assert int(opt.skipped_steps.numpy()) == 3
+    assert int(opt.iterations) == 5
+    opt.apply([ops.convert_to_tensor([1.0, -1.0]), ops.convert_to_tensor([2.0])], [v, b])
+    assert np.all(np.isfinite(v.numpy())) and not np.array_equal(v.numpy(), before[0])
