@@ -94,6 +94,11 @@ def test_extra_seeds_run_only_at_the_lr_chosen_on_the_sweep_seed(tmp_path, monke
     tests = [0.77, 0.79, 0.75]  # test = val - 0.01
     m, sd = sum(tests) / 3, math.sqrt(sum((t - sum(tests) / 3) ** 2 for t in tests) / 2)
     assert f"{m:.4f} ± {sd:.4f} ({lrs[1]:.3g}, n=3)" in (tmp_path / "results.md").read_text()
+    spec["extend_edges"] = 0  # the best at the top of a sweep that may not extend: flagged
+    shutil.rmtree(tmp_path / "runs" / st.cell_name("sngm", 1024, lrs[2], 0))
+    _fake_run(tmp_path, "sngm", 1024, lrs[2], 0.90)
+    st.report(spec, str(tmp_path))
+    assert f"({lrs[2]:.3g}, edge, n=1)" in (tmp_path / "results.md").read_text()
 
 
 def test_report_sets_the_papers_numbers_beside_ours_and_the_noise_scale(tmp_path):

@@ -313,7 +313,8 @@ def _markdown(spec, rows, curves, metric, best_auc):
     lines = [f"Test {metric} (mean ± sd over {len(spec['seeds'])} seed(s)) at the learning rate chosen on the "
              f"validation split ({'seed ' + ', '.join(map(str, sweep_seeds(spec))) if n_sweep < len(spec['seeds']) else 'all seeds'}: "
              f"centre x {spec['lr_factors']}, extended up to {spec.get('extend_edges', 0)} step(s) past an end that "
-             f"held the best); lr in parentheses."
+             f"held the best); lr in parentheses, with 'edge' where the chosen lr is still the smallest or largest "
+             f"tried after the extensions (the sweep did not bracket the best)."
              + (f" Best achievable test AUC (planted truth): {best_auc:.4f}." if best_auc else "")
              + (f" The paper's number ({paper['source']}) follows where it has the same cell." if paper and
                 spec.get("paper_inline") else ""), "",
@@ -332,7 +333,9 @@ def _markdown(spec, rows, curves, metric, best_auc):
                 m, sd = _mean_std([r[f"test_{metric}"] * scale for r in sel if not r["diverged"]])
                 nd = sum(r["diverged"] for r in sel)
                 cells.append(f"{m:.2f} ± {sd:.2f}" if scale == 100 else f"{m:.4f} ± {sd:.4f}")
-                cells[-1] += f" ({sel[0]['lr']:.3g}, n={len(sel)}{f', {nd} diverged' if nd else ''}){tail}"
+                swept = {r["lr"] for r in rows if r["optimizer"] == o and r["batch_size"] == b}
+                edge = ", edge" if len(swept) > 1 and sel[0]["lr"] in (min(swept), max(swept)) else ""
+                cells[-1] += f" ({sel[0]['lr']:.3g}{edge}, n={len(sel)}{f', {nd} diverged' if nd else ''}){tail}"
         lines.append(f"| {o} | " + " | ".join(cells) + " |")
     lines += _gaps(spec, rows, metric, batches, scale)
     if paper:
