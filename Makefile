@@ -56,6 +56,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/optimizer_step.py
 	KERAS_BACKEND=jax $(BIN)/python bench/optimizer_step_jax.py
+	$(BIN)/python bench/precision.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/throughput.py
 	$(BIN)/python bench/diagnostics_overhead.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/criteo_input.py

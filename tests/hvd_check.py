@@ -65,6 +65,22 @@ def main(out):
     distributed.MetricAverageCallback().on_epoch_end(0, logs)
     result["averaged_logs"] = logs
 
+    # 5. float16 loss scaling: rank 1 alone overflows at the second update; every rank
+    #    skips it, halves the scale and keeps identical weights.
+    v = keras.Variable(np.array([1.0, -2.0, 3.0], "float32"))
+    lso = distributed.DistributedOptimizer(SNGM(learning_rate=0.1), dynamic_loss_scale=True, initial_scale=8.0,
+                                           growth_interval=2)
+    lso.build([v])
+    seen = []
+    for step in range(4):
+        g = np.array([rank + 1.0, 0.5, -1.0], "float32") * 8.0  # gradients of the scaled loss
+        if step == 1 and rank == 1:
+            g[0] = np.inf
+        lso.apply([tf.constant(g)], [v])
+        seen.append({"w": v.numpy().tolist(), "scale": float(lso.loss_scale.numpy()),
+                     "skipped": int(lso.skipped_steps.numpy()), "iterations": int(lso.iterations)})
+    result["loss_scale_steps"] = seen
+
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
 

@@ -43,6 +43,15 @@ def test_horovod_layer_inside_workers(tmp_path):
     np.testing.assert_allclose(r0["sparse_mean_dense"], [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]])
     assert r0["none_kept"]
     assert r0["averaged_logs"] == r1["averaged_logs"] == {"loss": 1.5, "accuracy": 0.25}
+    # float16 loss scaling: one rank's overflow is every rank's skip; the scale moves in step
+    assert r0["loss_scale_steps"] == r1["loss_scale_steps"]
+    s = r0["loss_scale_steps"]
+    assert [x["skipped"] for x in s] == [0, 1, 1, 1] and [x["iterations"] for x in s] == [1, 2, 3, 4]
+    assert [x["scale"] for x in s] == [8.0, 4.0, 4.0, 8.0]  # halved on the overflow, doubled after 2 good updates
+    assert s[1]["w"] == s[0]["w"] and s[2]["w"] != s[1]["w"]  # the skipped update left the weights alone
+    # the first update is SNGM's on the unscaled average g = (1.5, 0.5, -1): w - 0.1 * g / ||g||
+    g = np.array([1.5, 0.5, -1.0])
+    np.testing.assert_allclose(s[0]["w"], np.array([1.0, -2.0, 3.0]) - 0.1 * g / np.linalg.norm(g), rtol=1e-6)
 
 
 def assert_close_to_scale(got, want, rtol=1e-5):
@@ -188,6 +197,23 @@ def test_diagnostics_reach_tensorboard_under_horovodrun_and_in_one_process(tmp_p
             assert set(PROMISED["lars_histograms"]) <= histograms, (run, histograms)
     a, b = _diagnostics(tmp_path / "one")[0], _diagnostics(tmp_path / "two")[0]
     np.testing.assert_allclose([b["grad_norm"][s] for s in (1, 3, 5)], [a["grad_norm"][s] for s in (1, 3, 5)], rtol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_under_horovodrun(tmp_path, precision):
+    run = tmp_path / "run"
+    proc = horovodrun([os.path.join(BIN, "sngm-train"), "resnet", "--dataset", "synthetic", "--depth", "8",
+                       "--train-subset", "256", "--num-classes", "4", "--batch-size", "64", "--micro-batch", "16",
+                       "--lr", "0.3", "--epochs", "2", "--precision", precision, "--logdir", str(run), "--no-verbose"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    hist = json.load(open(run / "history.json"))["history"]
+    assert all(np.isfinite(hist["loss"])) and hist["loss"][-1] < hist["loss"][0]
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["workers"] == 2 and cfg["precision"] == precision
+    if precision == "mixed_float16":
+        assert hist["loss_scale"][-1] >= 1 and "overflow_skips" in hist
+    else:
+        assert "loss_scale" not in hist  # bfloat16 has float32's range: no scaling
 
 
 def test_divergence_stops_every_rank_together(tmp_path):

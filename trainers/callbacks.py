@@ -130,6 +130,9 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         if not getattr(inner, "normalized", False):
             scalars["effective_lr"] = lr / (1.0 - beta)  # momentum SGD
             scalars["temperature"] = lr / (self.global_batch * (1.0 - beta))
+        if getattr(opt, "dynamic_loss_scale", False):  # float16: the scale and the overflowed updates skipped
+            scalars["loss_scale"] = float(opt.loss_scale.numpy())
+            scalars["overflow_skips"] = float(opt.skipped_steps.numpy())
         noise = opt.noise_scale() if hasattr(opt, "noise_scale") else None
         if noise:
             scalars.update({"noise_g2": noise["g2"], "noise_trace_sigma": noise["trace"], "noise_scale": noise["b_simple"],
@@ -154,6 +157,7 @@ class DiagnosticsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             scalars, _ = self.values()
-            for k in ("grad_norm", "momentum_norm", "noise_scale", "gradient_diversity_bound"):
+            for k in ("grad_norm", "momentum_norm", "noise_scale", "gradient_diversity_bound", "loss_scale",
+                      "overflow_skips"):
                 if k in scalars:
                     logs[k] = scalars[k]

@@ -17,6 +17,7 @@ OPTIMIZERS = ("msgd", "sngm", "block_sngm", "lars", "adam", "lamb")
 ARCHS = ("resnet", "twoconv")
 SCHEDULES = ("poly", "cosine", "step", "constant")
 COMPRESSIONS = ("none", "fp16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DATASETS = ("cifar10", "cifar100", "synthetic")
 CIFAR_DEPTHS_HINT = "6n+2 (20, 32, 44, 56, 110) for 32x32 input, 18/34/50 for ImageNet-size input"
 
@@ -56,6 +57,12 @@ class Config:
     steps_per_epoch: int = knob(0, "updates per epoch; 0 = training examples // batch size")
     # --- distribution ---
     compression: str = knob("none", "fp16 halves the allreduce bytes at some precision cost", choices=COMPRESSIONS)
+    precision: str = knob("float32", "keras.mixed_precision policy: mixed_float16 computes in float16 with a dynamic "
+                          "loss scale (the verdict on overflow is taken on the averaged gradient, so all workers skip "
+                          "the same steps); mixed_bfloat16 needs no scale (TPUs, recent GPUs and CPUs); the weights "
+                          "and the optimizer stay float32", choices=PRECISIONS)
+    steps_per_execution: int = knob(1, "micro-batches per call of the compiled train function: fewer host round "
+                                    "trips for small models; the logs still count every update")
     elastic: bool = knob(False, "under horovodrun's elastic mode (a minimum and maximum of workers and a host "
                          "discovery script): keep training when workers leave or join (same global batch, more or "
                          "less accumulation per worker)")
@@ -160,7 +167,8 @@ def validate(cfg, task):
     def finite(x):
         return isinstance(x, (int, float)) and math.isfinite(x)
 
-    for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every"):
+    for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
+                 "steps_per_execution"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
     for name in ("steps_per_epoch", "stop_after", "keep", "diagnostics_every", "seed"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
@@ -172,6 +180,8 @@ def validate(cfg, task):
     need(finite(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
     need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be a number >= 0")
     need(finite(cfg.trust_coefficient) and cfg.trust_coefficient > 0, "trust_coefficient", "must be a positive number")
+    need(not (cfg.elastic and cfg.steps_per_execution > 1), "steps_per_execution",
+         "must be 1 with --elastic (its worker count, and so the micro-batches per update, can change)")
     _check_logdir(cfg.logdir)
     if task == "resnet":
         need(cfg.image_size >= 8, "image_size", "must be >= 8")

@@ -96,6 +96,13 @@ def allreduce_gradients(grads, compression="none", sparse_as_dense=False):
     return out
 
 
+def _scaled(g, factor):
+    """g * factor, keeping IndexedSlices sparse."""
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(g.values * tf.cast(factor, g.values.dtype), g.indices, g.dense_shape)
+    return g * tf.cast(factor, g.dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_sngm")
 class DistributedOptimizer(keras.optimizers.Optimizer):
     """Wraps any Keras optimizer: averages gradients over Horovod processes.
@@ -124,6 +131,15 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             gradient holds a NaN or Inf, for inner optimizers that would apply it
             (Keras' own); the keras_sngm optimizers skip such steps themselves.
             Defaults to `False`.
+        dynamic_loss_scale: float16 training. The loss is multiplied by a scale
+            (`scale_loss`, which Keras' train step calls), each micro-batch gradient is
+            divided by it, and after the allreduce a non-finite averaged gradient skips
+            the update and halves the scale; `growth_interval` finite updates in a row
+            double it. The verdict is taken on the averaged gradient, so every worker
+            skips the same updates and keeps the same scale, and the inner optimizer
+            (SNGM's norm included) sees the unscaled average. Defaults to `False`.
+        initial_scale: the first loss scale. Defaults to `2**15`.
+        growth_interval: finite updates before the scale doubles. Defaults to `2000`.
         name: String. Defaults to `None`.
 
     References:
@@ -132,7 +148,8 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, inner_optimizer, accumulation_steps=1, compression="none", sparse_as_dense=False,
-                 micro_batch_size=None, noise_ema=0.95, skip_nonfinite=False, name=None):
+                 micro_batch_size=None, noise_ema=0.95, skip_nonfinite=False, dynamic_loss_scale=False,
+                 initial_scale=2.0**15, growth_interval=2000, name=None):
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise ValueError(f"`inner_optimizer` must be a keras.optimizers.Optimizer. Received: inner_optimizer={inner_optimizer!r}")
         if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -150,6 +167,11 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self.compression = compression
         self.sparse_as_dense = bool(sparse_as_dense)
         self.skip_nonfinite = bool(skip_nonfinite)
+        if not (initial_scale >= 1 and growth_interval >= 1):
+            raise ValueError(f"`initial_scale` must be >= 1 and `growth_interval` >= 1. Received: "
+                             f"initial_scale={initial_scale!r}, growth_interval={growth_interval!r}")
+        self.dynamic_loss_scale = bool(dynamic_loss_scale)
+        self.initial_scale, self.growth_interval = float(initial_scale), int(growth_interval)
 
     def build(self, var_list):
         if self.built:
@@ -162,6 +184,10 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         # The noise state exists whenever asked for, so checkpoints do not depend on the
         # number of workers; it is updated only when there are two batch sizes (ratio > 1).
         self.skipped_steps = self.add_variable(shape=(), dtype="int64", name="skipped_steps")
+        if self.dynamic_loss_scale:
+            self.loss_scale = self.add_variable(shape=(), dtype="float32", name="loss_scale",
+                                                initializer=keras.initializers.Constant(self.initial_scale))
+            self.good_steps = self.add_variable(shape=(), dtype="int64", name="good_steps")
         self._ratio = self.accumulation_steps * size()
         self.noise = None
         if self.micro_batch_size:
@@ -186,6 +212,8 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             self.build(trainable_variables)
         pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+        if self.dynamic_loss_scale:  # unscaled at once: accumulators and noise scale see true gradients
+            grads = [_scaled(g, 1.0 / self.loss_scale) for g in grads]
         if self.noise and self._ratio > 1:
             self.noise.add_micro(grads)
         if self.accumulation_steps == 1:
@@ -216,6 +244,9 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self._step_inner(reduced[:-1], variables)
 
     def _step_inner(self, grads, variables):
+        if self.dynamic_loss_scale:
+            self._step_scaled(grads, variables)
+            return
         if not self.skip_nonfinite:
             self.inner_optimizer.apply(grads, variables)
             return
@@ -227,6 +258,28 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
 
         def skip():
             self.skipped_steps.assign_add(1)
+            return tf.constant(False)
+
+        tf.cond(finite, step, skip)
+
+    def _step_scaled(self, grads, variables):
+        """The dynamic loss scale's rule, on the averaged gradient (the same on every
+        worker): a finite one steps the inner optimizer, a non-finite one is skipped
+        (the schedule still advances) and halves the scale."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))) for g in grads])
+
+        def step():
+            self.inner_optimizer.apply(grads, variables)
+            grown = self.good_steps + 1 >= self.growth_interval
+            self.loss_scale.assign(tf.where(grown, self.loss_scale * 2.0, self.loss_scale))
+            self.good_steps.assign(tf.where(grown, tf.constant(0, tf.int64), self.good_steps + 1))
+            return tf.constant(True)
+
+        def skip():
+            self.skipped_steps.assign_add(1)
+            self.inner_optimizer.iterations.assign_add(1)
+            self.loss_scale.assign(tf.maximum(self.loss_scale / 2.0, 1.0))
+            self.good_steps.assign(0)
             return tf.constant(False)
 
         tf.cond(finite, step, skip)
@@ -252,6 +305,8 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         return self.inner_optimizer.iterations
 
     def scale_loss(self, loss):
+        if self.dynamic_loss_scale:
+            return loss * tf.cast(self.loss_scale, loss.dtype)
         return self.inner_optimizer.scale_loss(loss)
 
     def finalize_variable_values(self, var_list):
@@ -267,6 +322,9 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             "micro_batch_size": self.micro_batch_size,
             "noise_ema": self.noise_ema,
             "skip_nonfinite": self.skip_nonfinite,
+            "dynamic_loss_scale": self.dynamic_loss_scale,
+            "initial_scale": self.initial_scale,
+            "growth_interval": self.growth_interval,
         }
 
     @classmethod

@@ -83,7 +83,8 @@ def train(cfg, task, model, inner, compile_fn, updates_per_epoch, run_dir, extra
         opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD
                                                micro_batch_size=cfg.micro_batch,
                                                skip_nonfinite=cfg.on_nonfinite == "skip"
-                                               and cfg.optimizer in recipes.APPLY_NONFINITE)
+                                               and cfg.optimizer in recipes.APPLY_NONFINITE,
+                                               dynamic_loss_scale=cfg.precision == "mixed_float16")
         compile_fn(opt)
         task.micro_steps_per_epoch = updates_per_epoch * k
         if rank == 0:  # (rare: at the start and after each change of workers)

@@ -73,14 +73,19 @@ def train(cfg, task_cls):
                                 warmup_start=cfg.warmup_start)
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
                               diagnostics_every=cfg.diagnostics_every)
+    if k % cfg.steps_per_execution:
+        raise ValueError(f"--steps-per-execution {cfg.steps_per_execution} must divide the {k} micro-batches of each "
+                         f"update (--batch-size {cfg.batch_size} / ({size} workers x --micro-batch {cfg.micro_batch})): "
+                         f"the logs and the divergence guard act at every update's end")
     opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
                                            micro_batch_size=cfg.micro_batch,
-                                           skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer in recipes.APPLY_NONFINITE)
+                                           skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer in recipes.APPLY_NONFINITE,
+                                           dynamic_loss_scale=cfg.precision == "mixed_float16")
 
     keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.precision)  # the weights stay float32 under either mixed policy
     model = task.model()
-    # No whole-model XLA: Horovod's ops are not XLA ops; the optimizers compile their own update.
-    model.compile(optimizer=opt, loss=task.loss, metrics=task.metrics(), jit_compile=False)
+    _compile(model, opt, task, cfg)
     opt.build(model.trainable_variables)
 
     run_dir = cfg.logdir
@@ -155,7 +160,7 @@ def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, reso
     from trainers import elastic  # HVD
 
     def compile_fn(optimizer):
-        model.compile(optimizer=optimizer, loss=task.loss, metrics=task.metrics(), jit_compile=False)
+        _compile(model, optimizer, task, cfg)
 
     updates = elastic.train(cfg, task, model, inner, compile_fn, updates_per_epoch, cfg.logdir, {"config": resolved},
                             first_update=first_epoch * updates_per_epoch)
@@ -166,6 +171,17 @@ def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, reso
     if distributed.rank() == 0:
         _write_results(cfg.logdir, past, first_epoch, final)
     return past, model, task
+
+
+def _compile(model, opt, task, cfg):
+    # No whole-model XLA: Horovod's ops are not XLA ops; the optimizers compile their own update.
+    model.compile(optimizer=opt, loss=task.loss, metrics=task.metrics(), jit_compile=False,
+                  steps_per_execution=cfg.steps_per_execution)
+    if model.optimizer is not opt:
+        # Keras wraps a mixed_float16 model's optimizer in its LossScaleOptimizer, which checks for overflow
+        # before the allreduce, on each worker's own gradient: workers could disagree on a skip. Our wrapper
+        # scales instead and decides on the averaged gradient (dynamic_loss_scale).
+        model.optimizer = opt
 
 
 def _write_results(run_dir, history, resumed_at, final):

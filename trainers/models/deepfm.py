@@ -57,5 +57,5 @@ def deepfm(hash_space=2**18, embedding_dim=16, hidden=(400, 400, 400), dropout=0
         if dropout:
             h = layers.Dropout(dropout)(h)
     dnn = layers.Dense(1, name="dnn_out")(h)
-    logit = layers.Add(name="logit")([linear, fm, dnn])
+    logit = layers.Add(dtype="float32", name="logit")([linear, fm, dnn])  # float32 under mixed precision
     return keras.Model({"dense": dense_in, "categorical": cat_in}, logit, name="deepfm")

@@ -71,7 +71,7 @@ def cifar_resnet(depth=20, num_classes=10, input_shape=(32, 32, 3)):
         for b in range(n):
             x = _basic_block(x, filters, 2 if (b == 0 and stage > 0) else 1, "A", f"s{stage + 1}b{b + 1}")
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes, kernel_initializer="he_normal", name="fc")(x)
+    outputs = layers.Dense(num_classes, kernel_initializer="he_normal", dtype="float32", name="fc")(x)  # float32 logits
     return keras.Model(inputs, outputs, name=f"resnet{depth}_cifar")
 
 
@@ -92,7 +92,7 @@ def imagenet_resnet(depth=50, num_classes=1000, input_shape=(224, 224, 3)):
         for b in range(n):
             x = block(x, filters, 2 if (b == 0 and stage > 0) else 1, "B", f"s{stage + 1}b{b + 1}")
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes, name="fc")(x)
+    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)  # float32 logits under mixed precision
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 

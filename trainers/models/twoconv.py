@@ -15,5 +15,5 @@ def build(num_classes=10, image_size=32, filters=(16, 32), hidden=128, kernel=3)
         x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(hidden, activation="relu", kernel_initializer="he_normal", name="fc1")(x)
-    outputs = layers.Dense(num_classes, name="fc2")(x)
+    outputs = layers.Dense(num_classes, dtype="float32", name="fc2")(x)  # float32 logits under mixed precision
     return keras.Model(inputs, outputs, name="twoconv")
