@@ -28,12 +28,14 @@ def all_finite(ckpt):
     return not bad
 
 
-@pytest.mark.parametrize("optimizer", ["msgd", "adam"])
-def test_the_reported_divergence_stops_and_saves_nothing(tmp_path, optimizer):
+# Adam's step is about lr per weight whatever the gradient (its L2 is in the gradient, as
+# torch.optim.Adam's): it takes a far larger lr than MSGD to overflow float32.
+@pytest.mark.parametrize("optimizer, lr", [("msgd", "1e6"), ("adam", "1e30")])
+def test_the_reported_divergence_stops_and_saves_nothing(tmp_path, optimizer, lr):
     run = tmp_path / "run"
-    proc = sngm_train(REPRO + ["--optimizer", optimizer, "--lr", "1e6", "--logdir", str(run)])
+    proc = sngm_train(REPRO + ["--optimizer", optimizer, "--lr", lr, "--logdir", str(run)])
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "sngm-train: error: training diverged:" in proc.stderr and "after epoch 1" in proc.stderr
+    assert "sngm-train: error: training diverged:" in proc.stderr and "epoch 1" in proc.stderr
     assert "no checkpoint was written" in proc.stderr
     assert checkpoint.list_checkpoints(run) == []
     final = json.load(open(run / "final.json"))
