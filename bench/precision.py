@@ -1,9 +1,12 @@
-"""Training-step time of each `--precision` on this machine, side by side in one run.
+"""Training-step time of each `--precision`, with and without `--xla`, side by side in
+one run.
 
 ResNet-20 (CIFAR, 32x32) and DeepFM on synthetic data, micro-batch 128 / 1024, SNGM,
 one process: `train_on_batch` timed round-robin over float32, mixed_float16 and
-mixed_bfloat16 (median of --steps, after 3 warm-up steps). Prints each policy's ratio
-to float32. On a GPU host the same command gives the GPU numbers.
+mixed_bfloat16, each with the trainers' XLA-compiled forward/backward pass
+(`trainers/xla_step.py`) and without (median of --steps, after 3 warm-up steps). Prints
+each cell's ratio to float32 without XLA. On a GPU host the same command gives the GPU
+numbers.
 
     .venv/bin/python bench/precision.py [--steps 20]
 """
@@ -19,25 +22,31 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_sngm import SNGM  # noqa: E402
+from trainers import xla_step  # noqa: E402
 from trainers.models import deepfm, resnet  # noqa: E402
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+CELLS = [(p, xla) for p in POLICIES for xla in (False, True)]
 
 
-def resnet_step(policy):
+def resnet_step(policy, xla):
     keras.mixed_precision.set_global_policy(policy)
     model = resnet.build(20, 10, 32)
     model.compile(optimizer=SNGM(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=False)
+    if xla:
+        xla_step.compile_forward_backward(model)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(128, 32, 32, 3)).astype("float32"), rng.integers(0, 10, 128)
     return lambda: model.train_on_batch(x, y)
 
 
-def deepfm_step(policy):
+def deepfm_step(policy, xla):
     keras.mixed_precision.set_global_policy(policy)
     model = deepfm.deepfm(2**18, 16, (400, 400, 400))
     model.compile(optimizer=SNGM(0.1), loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
+    if xla:
+        xla_step.compile_forward_backward(model)
     rng = np.random.default_rng(0)
     x = {"dense": rng.normal(size=(1024, 13)).astype("float32"),
          "categorical": rng.integers(0, 2**18, (1024, 26)).astype("int64")}
@@ -51,23 +60,24 @@ def main():
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     print(f"{os.cpu_count()} CPUs; avx512_bf16: {'avx512_bf16' in flags}; amx_bf16: {'amx_bf16' in flags}; "
           f"devices: {[d.device_type for d in tf.config.list_physical_devices()]}")
-    print("| model | precision | ms / step | examples/s | ratio to float32 |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| model | precision | --xla | ms / step | examples/s | ratio to float32 without XLA |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     for name, make, batch in (("ResNet-20", resnet_step, 128), ("DeepFM", deepfm_step, 1024)):
-        steps = {p: make(p) for p in POLICIES}
+        steps = {cell: make(*cell) for cell in CELLS}
         for run in steps.values():
             for _ in range(3):
                 run()
-        times = {p: [] for p in POLICIES}
-        for _ in range(args.steps):  # round-robin: drifts of the machine hit every policy alike
-            for p, run in steps.items():
+        times = {cell: [] for cell in CELLS}
+        for _ in range(args.steps):  # round-robin: drifts of the machine hit every cell alike
+            for cell, run in steps.items():
                 t0 = time.perf_counter()
                 run()
-                times[p].append(time.perf_counter() - t0)
-        base = np.median(times["float32"])
-        for p in POLICIES:
-            ms = 1e3 * np.median(times[p])
-            print(f"| {name} | {p} | {ms:.1f} | {batch / ms * 1e3:.0f} | {np.median(times[p]) / base:.2f} |")
+                times[cell].append(time.perf_counter() - t0)
+        base = np.median(times[("float32", False)])
+        for cell in CELLS:
+            ms = 1e3 * np.median(times[cell])
+            print(f"| {name} | {cell[0]} | {'on' if cell[1] else 'off'} | {ms:.1f} | {batch / ms * 1e3:.0f} | "
+                  f"{np.median(times[cell]) / base:.2f} |")
     keras.mixed_precision.set_global_policy("float32")
 
 

@@ -199,17 +199,21 @@ def test_diagnostics_reach_tensorboard_under_horovodrun_and_in_one_process(tmp_p
     np.testing.assert_allclose([b["grad_norm"][s] for s in (1, 3, 5)], [a["grad_norm"][s] for s in (1, 3, 5)], rtol=1e-4)
 
 
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_under_horovodrun(tmp_path, precision):
+@pytest.mark.parametrize("precision, xla", [("mixed_float16", False), ("mixed_bfloat16", False), ("float32", True)])
+def test_mixed_precision_and_xla_train_under_horovodrun(tmp_path, precision, xla):
+    """Both mixed policies, and --xla, whose compiled forward/backward pass must leave the
+    Horovod allreduce outside XLA."""
     run = tmp_path / "run"
     proc = horovodrun([os.path.join(BIN, "sngm-train"), "resnet", "--dataset", "synthetic", "--depth", "8",
                        "--train-subset", "256", "--num-classes", "4", "--batch-size", "64", "--micro-batch", "16",
-                       "--lr", "0.3", "--epochs", "2", "--precision", precision, "--logdir", str(run), "--no-verbose"])
+                       "--lr", "0.3", "--epochs", "2", "--precision", precision, "--logdir", str(run), "--no-verbose",
+                       "--xla" if xla else "--no-xla"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     hist = json.load(open(run / "history.json"))["history"]
     assert all(np.isfinite(hist["loss"])) and hist["loss"][-1] < hist["loss"][0]
     cfg = json.load(open(run / "config.json"))
     assert cfg["workers"] == 2 and cfg["precision"] == precision
+    assert cfg["xla"] == xla
     if precision == "mixed_float16":
         assert hist["loss_scale"][-1] >= 1 and "overflow_skips" in hist
     else:

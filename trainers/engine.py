@@ -8,7 +8,7 @@ import os
 
 import keras
 
-from trainers import checkpoint, config, distributed, recipes
+from trainers import checkpoint, config, distributed, recipes, xla_step
 from trainers.callbacks import DiagnosticsLogger, ProgressLogger
 from trainers.guard import Diverged, DivergenceGuard
 
@@ -182,6 +182,8 @@ def _compile(model, opt, task, cfg):
         # before the allreduce, on each worker's own gradient: workers could disagree on a skip. Our wrapper
         # scales instead and decides on the averaged gradient (dynamic_loss_scale).
         model.optimizer = opt
+    if cfg.xla:
+        xla_step.compile_forward_backward(model)
 
 
 def _write_results(run_dir, history, resumed_at, final):
