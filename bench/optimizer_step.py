@@ -11,7 +11,6 @@ bandwidth: the bytes its update must move at least, per second.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,27 +18,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _common import FLOATS_PER_PARAM, resnet50_like_shapes, round_robin  # noqa: E402
+
 from keras_sngm import LARS, SNGM, BlockSNGM  # noqa: E402
-
-# Floats read + written per parameter by each update (4 bytes each):
-# SGD: read g, m, w; write m, w. SNGM/BlockSNGM: + one more read of g for the norm.
-# LARS: + one more read of g and of w for the two per-variable norms.
-FLOATS_PER_PARAM = {"SGD": 5, "SNGM": 6, "BlockSNGM": 6, "LARS": 7}
-
-
-def resnet50_like_shapes(last_stage_blocks=2, classes=1000):
-    """Conv kernels and BN gamma/beta of a ResNet-50 (bottlenecks [3, 4, 6, last])."""
-    shapes = [(7, 7, 3, 64), (64,), (64,)]
-    cin = 64
-    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, last_stage_blocks)):
-        for b in range(blocks):
-            for k, ci, co in ((1, cin, width), (3, width, width), (1, width, 4 * width)):
-                shapes += [(k, k, ci, co), (co,), (co,)]
-            if b == 0:
-                shapes += [(1, 1, cin, 4 * width), (4 * width,), (4 * width,)]
-            cin = 4 * width
-    return shapes + [(cin, classes), (classes,)]
-
 
 # (row label, optimizer's own jit_compile, XLA around the whole apply as in
 # model.compile(jit_compile=True)). Keras SGD has no XLA option of its own, so its
@@ -79,12 +60,7 @@ def main():
     print(f"{len(shapes)} variables, {n_params / 1e6:.1f}M parameters, float32; "
           f"{os.cpu_count()} CPUs; devices: {[d.device_type for d in tf.config.list_physical_devices()]}")
     cells = {(label, name): make_step(name, own, outer, shapes, grads) for label, own, outer in SETTINGS for name in NAMES}
-    times = {key: [] for key in cells}
-    for _ in range(args.repeats):  # round-robin, so slow drifts of the machine hit every cell alike
-        for key, run in cells.items():
-            t0 = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - t0)
+    times = round_robin(cells, args.repeats)
     print("| setting | optimizer | ms / update | ratio to SGD | effective GB/s |")
     print("| --- | --- | ---: | ---: | ---: |")
     for label, _, _ in SETTINGS:

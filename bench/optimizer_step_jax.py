@@ -8,7 +8,6 @@ measured round-robin in one run. Prints each one's ratio to SGD.
 
 import argparse
 import os
-import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 
@@ -16,7 +15,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from optimizer_step import FLOATS_PER_PARAM, resnet50_like_shapes  # noqa: E402
+from _common import FLOATS_PER_PARAM, resnet50_like_shapes, round_robin  # noqa: E402
 
 from keras_sngm import LARS, SNGM, BlockSNGM  # noqa: E402
 
@@ -50,12 +49,7 @@ def main():
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}: {len(shapes)} variables, {n_params / 1e6:.1f}M parameters")
     names = ("SGD", "SNGM", "BlockSNGM", "LARS")
     cells = {name: make_step(name, shapes, grads) for name in names}
-    times = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name, run in cells.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+    times = round_robin(cells, args.repeats)
     base = 1e3 * float(np.median(times["SGD"]))
     print("| optimizer (JAX, jitted) | ms / update | ratio to SGD | effective GB/s |")
     print("| --- | ---: | ---: | ---: |")

@@ -13,13 +13,14 @@ numbers.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from _common import round_robin  # noqa: E402
 
 from keras_sngm import SNGM  # noqa: E402
 from trainers import xla_step  # noqa: E402
@@ -67,12 +68,7 @@ def main():
         for run in steps.values():
             for _ in range(3):
                 run()
-        times = {cell: [] for cell in CELLS}
-        for _ in range(args.steps):  # round-robin: drifts of the machine hit every cell alike
-            for cell, run in steps.items():
-                t0 = time.perf_counter()
-                run()
-                times[cell].append(time.perf_counter() - t0)
+        times = round_robin(steps, args.steps)
         base = np.median(times[("float32", False)])
         for cell in CELLS:
             ms = 1e3 * np.median(times[cell])
