@@ -112,7 +112,7 @@ def test_report_sets_the_papers_numbers_beside_ours_and_the_noise_scale(tmp_path
     table = (tmp_path / "results.md").read_text()
     assert "0.7700 ± 0.0000 (0.5, n=1); paper 0.7489 |" in table
     assert "Published (journal Table 8), test AUC:" in table and "| lamb | 0.7066 | 0.6811 |" in table
-    assert "| sngm | 1024 | 0 | 812 | 2401 |" in table
+    assert "| sngm | 1024 | 0 | 812 | 2401 | 2401 |" in table
     spec["paper_inline"] = False  # another setup (the CPU studies): the published table only, below ours
     st.report(spec, str(tmp_path))
     table = (tmp_path / "results.md").read_text()

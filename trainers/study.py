@@ -262,12 +262,13 @@ def _noise_lines(rows, curves):
              (r["optimizer"], r["batch_size"], r["lr"], r["seed"]) and x["noise_scale"] not in (None, "")]
         c = [v for v in c if math.isfinite(v)]
         if c:
-            out.append((r["optimizer"], r["batch_size"], r["seed"], c[0], c[-1]))
+            out.append((r["optimizer"], r["batch_size"], r["seed"], c[0], sorted(c)[len(c) // 2], c[-1]))
     if not out:
         return []
-    lines = ["", "Gradient noise scale B_simple = tr(Σ)/|G|² measured during the chosen runs (first and last epoch):",
-             "", "| optimizer | B | seed | B_simple, epoch 1 | B_simple, last epoch |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {o} | {b} | {s} | {first:.0f} | {last:.0f} |" for o, b, s, first, last in out]
+    lines = ["", "Gradient noise scale B_simple = tr(Σ)/|G|² measured during the chosen runs (epoch 1, the median "
+             "over epochs, the last epoch; it needs several micro-batches per update, so the smallest batch has none):",
+             "", "| optimizer | B | seed | B_simple, epoch 1 | median | last epoch |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {o} | {b} | {s} | {first:.0f} | {mid:.0f} | {last:.0f} |" for o, b, s, first, mid, last in out]
     return lines
 
 
