@@ -63,7 +63,7 @@ class Config:
                           "and the optimizer stay float32", choices=PRECISIONS)
     xla: bool = knob(False, "compile the forward and backward pass with XLA; the Horovod allreduce and the "
                      "optimizer update stay outside it (Horovod's ops are not XLA ops). Measured on a 2-core CPU: "
-                     "5-12%% faster in float32, and what makes mixed precision pay there (docs/benchmarks.md)")
+                     "5-12% faster in float32, and what makes mixed precision pay there (docs/benchmarks.md)")
     steps_per_execution: int = knob(1, "micro-batches per call of the compiled train function: fewer host round "
                                     "trips for small models; the logs still count every update")
     elastic: bool = knob(False, "under horovodrun's elastic mode (a minimum and maximum of workers and a host "
@@ -145,7 +145,7 @@ def add_flags(parser, task):
     base = defaults(task)
     for f in fields_of(task):
         default = getattr(base, f.name)
-        kw = {"default": default, "help": f"{f.metadata['help']} (default: {default})"}
+        kw = {"default": default, "help": f"{f.metadata['help']} (default: {default})".replace("%", "%%")}  # argparse
         if f.metadata["choices"]:
             kw["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
