@@ -244,42 +244,28 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self._step_inner(reduced[:-1], variables)
 
     def _step_inner(self, grads, variables):
-        if self.dynamic_loss_scale:
-            self._step_scaled(grads, variables)
-            return
-        if not self.skip_nonfinite:
+        """Steps the inner optimizer on the averaged gradient. With `skip_nonfinite` or the
+        dynamic loss scale, a non-finite one is skipped instead (the same verdict on every
+        worker); the loss scale then halves, and `growth_interval` good updates double it."""
+        if not (self.skip_nonfinite or self.dynamic_loss_scale):
             self.inner_optimizer.apply(grads, variables)
             return
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))) for g in grads])
 
         def step():
             self.inner_optimizer.apply(grads, variables)
+            if self.dynamic_loss_scale:
+                grown = self.good_steps + 1 >= self.growth_interval
+                self.loss_scale.assign(tf.where(grown, self.loss_scale * 2.0, self.loss_scale))
+                self.good_steps.assign(tf.where(grown, tf.constant(0, tf.int64), self.good_steps + 1))
             return tf.constant(True)
 
         def skip():
             self.skipped_steps.assign_add(1)
-            return tf.constant(False)
-
-        tf.cond(finite, step, skip)
-
-    def _step_scaled(self, grads, variables):
-        """The dynamic loss scale's rule, on the averaged gradient (the same on every
-        worker): a finite one steps the inner optimizer, a non-finite one is skipped
-        (the schedule still advances) and halves the scale."""
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))) for g in grads])
-
-        def step():
-            self.inner_optimizer.apply(grads, variables)
-            grown = self.good_steps + 1 >= self.growth_interval
-            self.loss_scale.assign(tf.where(grown, self.loss_scale * 2.0, self.loss_scale))
-            self.good_steps.assign(tf.where(grown, tf.constant(0, tf.int64), self.good_steps + 1))
-            return tf.constant(True)
-
-        def skip():
-            self.skipped_steps.assign_add(1)
-            self.inner_optimizer.iterations.assign_add(1)
-            self.loss_scale.assign(tf.maximum(self.loss_scale / 2.0, 1.0))
-            self.good_steps.assign(0)
+            if self.dynamic_loss_scale:  # an overflow: the schedule still advances
+                self.inner_optimizer.iterations.assign_add(1)
+                self.loss_scale.assign(tf.maximum(self.loss_scale / 2.0, 1.0))
+                self.good_steps.assign(0)
             return tf.constant(False)
 
         tf.cond(finite, step, skip)
