@@ -90,13 +90,22 @@ def main(argv=None):
 
 
 def _malformed_row(e):
-    """Exit 2 with the file, line and reason of a malformed Criteo row, else re-raise."""
+    """Exit 2 with the file, line or record, and the reason of a malformed Criteo row or
+    a bad image record, else re-raise."""
+    def text(groups):
+        return [codecs.escape_decode(g)[0].decode("utf-8", "replace") for g in groups]  # tf.Assert C-escapes
+
     m = re.search(r"\[Malformed Criteo row:\] \[(.*?)\] \[line\] \[(\d+)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
-    if not m:
-        raise e
-    path, line, reason, hint = (codecs.escape_decode(g)[0].decode("utf-8", "replace") for g in m.groups())  # tf.Assert C-escapes
-    print(f"sngm-train: error: malformed Criteo row in {path}, line {line}: {reason} {hint}", file=sys.stderr)
-    return 2
+    if m:
+        path, line, reason, hint = text(m.groups())
+        print(f"sngm-train: error: malformed Criteo row in {path}, line {line}: {reason} {hint}", file=sys.stderr)
+        return 2
+    m = re.search(r"\[Bad image record:\] \[(.*?)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
+    if m:
+        where, reason, hint = text(m.groups())
+        print(f"sngm-train: error: {where}: {reason}{hint}", file=sys.stderr)
+        return 2
+    raise e
 
 
 def _at_least(args, **lows):

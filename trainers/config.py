@@ -18,7 +18,7 @@ ARCHS = ("resnet", "twoconv")
 SCHEDULES = ("poly", "cosine", "step", "constant")
 COMPRESSIONS = ("none", "fp16")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-DATASETS = ("cifar10", "cifar100", "synthetic")
+DATASETS = ("cifar10", "cifar100", "imagenet", "synthetic")
 CIFAR_DEPTHS_HINT = "6n+2 (20, 32, 44, 56, 110) for 32x32 input, 18/34/50 for ImageNet-size input"
 
 
@@ -45,6 +45,9 @@ class Config:
     warmup_start: float = knob(0.0, "the lr the warm-up ramps from (the paper's v1 LARS: 0.1); must be < --lr")
     lr_per_epoch: bool = knob(False, "hold the lr fixed within an epoch, as PyTorch schedulers stepped once per "
                               "epoch do (the paper's cosine: lr_m = lr * (1 + cos(pi m / epochs)) / 2)")
+    step_epochs: list = knob(None, "epochs after which --schedule step divides the lr by 10 (He et al.'s ImageNet "
+                             "recipe: 30 60 of 90); empty = after 50% and 75% of --epochs (CIFAR: 80 and 120 of 160)",
+                             default_factory=list)
     momentum: float = knob(0.9, "beta of the momentum, in [0, 1)")
     weight_decay: float = knob(1e-4, "L2 strength (the paper's ResNet value 1e-4)")
     trust_coefficient: float = knob(0.001, "LARS eta: scales the trust ratio ||w||/||g||")
@@ -89,13 +92,19 @@ class Config:
                      "small net the paper's Figure 1 uses to show MSGD's large-batch loss (cheap CPU studies)",
                      RESNET, choices=ARCHS)
     depth: int = knob(20, CIFAR_DEPTHS_HINT, RESNET)
-    dataset: str = knob("cifar10", "cifar10 | cifar100 (--data-dir or tensorflow-datasets) | synthetic (benchmarks)",
+    dataset: str = knob("cifar10", "cifar10 | cifar100 (held in memory) | imagenet (streamed from disk, decoded and "
+                        "augmented per image; always the ImageNet ResNets 18/34/50) | synthetic (benchmarks)",
                         RESNET, DATASETS)
-    data_dir: str = knob("", "CIFAR pickle/binary batches, an image folder (train/<class>/*, test/<class>/*) or a "
-                         ".tar of one", RESNET)
+    data_dir: str = knob("", "CIFAR: pickle/binary batches, an image folder (train/<class>/*, test/<class>/*) or a "
+                         ".tar of one. ImageNet: TFRecord shards (train-00000-of-01024, ..., validation-00000-of-00128, "
+                         "...), an image folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG), or the ILSVRC2012 train and "
+                         "val tars for tensorflow-datasets to prepare imagenet2012 from", RESNET)
     tfds_dir: str = knob("", "tensorflow-datasets data_dir (default ~/tensorflow_datasets)", RESNET)
+    skip_bad_images: bool = knob(False, "ImageNet: drop and count images that cannot be decoded instead of stopping "
+                                 "at the first (records without an image or with a bad label always stop)", RESNET)
     download: bool = knob(True, "let tensorflow-datasets download when the data is not prepared", RESNET)
-    image_size: int = knob(32, "input size; > 64 selects the ImageNet ResNets", RESNET)
+    image_size: int = knob(32, "input size; > 64 (or --dataset imagenet) selects the ImageNet ResNets; ImageNet "
+                           "crops are resized to it", RESNET)
     num_classes: int = knob(0, "classes of --dataset synthetic; 0 = 10", RESNET)
     train_subset: int = knob(0, "train on a fixed random subset of this many images (CPU studies); 0 = all", RESNET)
     test_subset: int = knob(0, "likewise for the test set; 0 = all", RESNET)
@@ -114,15 +123,16 @@ class Config:
     hidden: list = knob(None, "DNN widths (the DeepFM paper: 400 400 400)", DEEPFM,
                         default_factory=lambda: [400, 400, 400])
     dropout: float = knob(0.0, "DNN dropout, in [0, 1)", DEEPFM)
-    shuffle_buffer: int = knob(100_000, "rows in the shuffle window (memory is bounded by it, not by the files)",
-                               DEEPFM)
+    shuffle_buffer: int = knob(10_000, "records in the shuffle window of streamed data, Criteo rows or ImageNet's "
+                               "encoded JPEGs (about 110 KB each): memory is bounded by it, not by the files")
     skip_bad_rows: bool = knob(False, "drop and count malformed rows instead of stopping at the first", DEEPFM)
 
 
 # Each task's own recipe where it differs from ResNet's.
 TASK_DEFAULTS = {
     "resnet": {},
-    "deepfm": dict(batch_size=8192, micro_batch=1024, lr=0.1, weight_decay=0.0, epochs=5, schedule="cosine"),
+    "deepfm": dict(batch_size=8192, micro_batch=1024, lr=0.1, weight_decay=0.0, epochs=5, schedule="cosine",
+                   shuffle_buffer=100_000),
 }
 
 
@@ -173,7 +183,7 @@ def validate(cfg, task):
     for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
                  "steps_per_execution"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
-    for name in ("steps_per_epoch", "stop_after", "keep", "diagnostics_every", "seed"):
+    for name in ("steps_per_epoch", "stop_after", "keep", "diagnostics_every", "seed", "shuffle_buffer"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
     need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be a positive number")
     need(finite(cfg.power) and cfg.power > 0, "power", "must be a positive number")
@@ -185,13 +195,21 @@ def validate(cfg, task):
     need(finite(cfg.trust_coefficient) and cfg.trust_coefficient > 0, "trust_coefficient", "must be a positive number")
     need(not (cfg.xla and cfg.deterministic), "xla", "cannot be combined with --deterministic: TensorFlow has no "
          "deterministic XLA version of some gradients (max pooling's)")
+    need(all(0 < e < cfg.epochs for e in cfg.step_epochs) and cfg.step_epochs == sorted(set(cfg.step_epochs)),
+         "step_epochs", f"must be increasing epochs in (0, --epochs={cfg.epochs})")
     need(not (cfg.elastic and cfg.steps_per_execution > 1), "steps_per_execution",
          "must be 1 with --elastic (its worker count, and so the micro-batches per update, can change)")
     _check_logdir(cfg.logdir)
     if task == "resnet":
         need(cfg.image_size >= 8, "image_size", "must be >= 8")
         cifar = cfg.image_size <= 64
-        if cfg.arch == "resnet":
+        if cfg.dataset == "imagenet":
+            need(cfg.arch == "resnet", "arch", "must be resnet with --dataset imagenet")
+            need(cfg.depth in (18, 34, 50), "depth", "must be 18, 34 or 50 with --dataset imagenet")
+            for name in ("validation_split", "train_subset", "test_subset"):
+                need(not getattr(cfg, name), name, "is not supported with --dataset imagenet (its validation split "
+                     "is the evaluation set)")
+        elif cfg.arch == "resnet":
             need(cfg.depth in (18, 34, 50) if not cifar else (cfg.depth >= 8 and (cfg.depth - 2) % 6 == 0), "depth",
                  f"must be {'6n+2 (20, 32, 44, 56, 110)' if cifar else '18, 34 or 50'} for --image-size {cfg.image_size}")
         for name in ("num_classes", "train_subset", "test_subset"):
@@ -204,7 +222,7 @@ def validate(cfg, task):
         need(cfg.data == "synthetic" or bool(_glob(cfg.data)), "data", "matches no file or directory")
         for name in ("test_data", "val_data"):
             need(not getattr(cfg, name) or bool(_glob(getattr(cfg, name))), name, "matches no file or directory")
-        for name in ("train_rows", "shuffle_buffer"):
+        for name in ("train_rows",):
             need(getattr(cfg, name) >= 0, name, "must be >= 0")
         for name in ("hash_space", "embedding_dim"):
             need(getattr(cfg, name) >= 1, name, "must be >= 1")

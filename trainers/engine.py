@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 
 import keras
 
@@ -32,6 +33,11 @@ def finished(run_dir, epochs):
     with open(path) as f:
         final = json.load(f)
     return final if final.get("epochs_done", 0) >= epochs else None
+
+
+# The training streams repeat forever; Keras says this of every finite evaluation set whose
+# length it cannot know in advance (streamed Criteo and ImageNet files), which is expected.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 
 def train(cfg, task_cls):
@@ -69,6 +75,7 @@ def train(cfg, task_cls):
     lr = cfg.lr * (size if cfg.scale_lr else 1)  # linear scaling with the number of workers
     schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
                                 int(cfg.warmup_epochs * updates_per_epoch),
+                                step_boundaries=[e / cfg.epochs for e in cfg.step_epochs] or (0.5, 0.75),
                                 updates_per_epoch=updates_per_epoch if cfg.lr_per_epoch else 0,
                                 warmup_start=cfg.warmup_start)
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
@@ -141,8 +148,9 @@ def train(cfg, task_cls):
                            {"diverged": True, "reason": str(e), "epochs": cfg.epochs,
                             "epochs_done": len(done.get("loss", []))})
         raise
-    if task.name == "deepfm" and task.bad_rows is not None and rank == 0:
-        print(f"skipped {task.bad_rows.count} malformed rows (--skip-bad-rows; each is dropped every time it is read)", flush=True)
+    if getattr(task, "bad_rows", None) is not None and rank == 0:
+        what = "malformed rows (--skip-bad-rows" if task.name == "deepfm" else "undecodable images (--skip-bad-images"
+        print(f"skipped {task.bad_rows.count} {what}; each is dropped every time it is read)", flush=True)
     final = {k: v[-1] for k, v in history.history.items() if k.startswith("val_")}
     test = task.test_dataset()
     if test is not None:  # tuned on validation data: the test set is looked at once, here

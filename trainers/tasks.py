@@ -6,12 +6,16 @@ import os
 import keras
 import numpy as np
 
-from trainers.data import criteo, criteo_binary, images
+from trainers import distributed
+from trainers.data import criteo, criteo_binary, imagenet, imagenet_input, images
 from trainers.models import deepfm, resnet, twoconv
 
 
 class ResNetTask:
     name = "resnet"
+
+    def __new__(cls, cfg):  # `sngm-train resnet --dataset imagenet` streams instead of holding images in memory
+        return super().__new__(ImageNetTask if cls is ResNetTask and cfg.dataset == "imagenet" else cls)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -62,6 +66,46 @@ class ResNetTask:
         return {"data_source": self.source, "train_examples": self.num_train, "test_examples": len(self.test[0]),
                 "validation_examples": len(self.val[0]) if self.val else 0,
                 "classes": self.num_classes, "image_size": self.image_size}
+
+
+class ImageNetTask(ResNetTask):
+    """ImageNet read from disk as training goes (trainers/data/imagenet.py finds it,
+    trainers/data/imagenet_input.py streams it); the ImageNet ResNets at any --image-size."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.data = imagenet.find(cfg.data_dir, cfg.tfds_dir, cfg.download, cfg.verbose)
+        self.num_classes, self.image_size = self.data.num_classes, cfg.image_size
+        self.num_train, self.source = self.data.train.size, self.data.description
+        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_images else None
+
+    def updates_per_epoch(self, global_batch, micro_batch, workers):
+        """Updates every worker can fill from its own share (the smallest share decides)."""
+        records = min(imagenet_input.records_of_worker(self.data.train, r, workers, micro_batch) for r in range(workers))
+        return records // (global_batch // workers)
+
+    def model(self):
+        return resnet.imagenet_resnet(self.cfg.depth, self.num_classes, (self.image_size, self.image_size, 3))
+
+    def train_dataset(self, first_epoch, rank, size, micro_batch, start=0):
+        c = self.cfg
+        return imagenet_input.train_dataset(self.data.train, self.image_size, micro_batch, c.seed, first_epoch, c.epochs,
+                                            rank, size, self.micro_steps_per_epoch, c.shuffle_buffer, c.augment,
+                                            c.skip_bad_images, self.bad_rows, start)
+
+    def eval_dataset(self):
+        """The validation split, each worker its share (the epoch logs are averaged over workers)."""
+        return imagenet_input.eval_dataset(self.data.validation, self.image_size, self.cfg.eval_batch,
+                                           distributed.rank(), distributed.size(), self.cfg.skip_bad_images,
+                                           self.bad_rows)
+
+    def test_dataset(self):
+        return None
+
+    def describe(self):
+        return {"data_source": self.source, "train_examples": self.num_train,
+                "validation_examples": self.data.validation.size, "classes": self.num_classes,
+                "image_size": self.image_size, "train_files": len(self.data.train.files)}
 
 
 def _subset(data, n, seed):

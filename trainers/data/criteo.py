@@ -29,6 +29,8 @@ import glob
 import numpy as np
 import tensorflow as tf
 
+from trainers.data.sharding import my_lines, rows_of_worker, shard_files  # noqa: F401  (re-exported)
+
 NUM_FIELDS = 40
 DENSE = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -57,7 +59,11 @@ class BadRowCounter:
 
     def add(self, path, linenos):
         keys = tf.strings.join([tf.fill(tf.shape(linenos), path), tf.strings.as_string(linenos)], ":")
-        return self.table.insert(keys, tf.ones_like(linenos, tf.int64))
+        return self.add_keys(keys)
+
+    def add_keys(self, keys):
+        """Marks the records named by the strings `keys` (a vector) as dropped."""
+        return self.table.insert(keys, tf.ones(tf.shape(keys), tf.int64))
 
     @property
     def count(self):
@@ -124,28 +130,6 @@ def count_lines(path):
 def count_rows(files):
     """Data lines in all the files (headers excluded), by streaming them once."""
     return sum(count_lines(f) for f in files)
-
-
-def shard_files(files, rank, size):
-    """(files this worker reads, "file" or "line"): by file when there are enough files
-    for an even share (a multiple of the workers, or at least 4 per worker), else
-    every worker reads every file and keeps its lines."""
-    if size > 1 and len(files) >= size and (len(files) % size == 0 or len(files) >= 4 * size):
-        return list(files[rank::size]), "file"
-    return list(files), "line"
-
-
-def rows_of_worker(file_lines, rank, size, batch_size):
-    """Rows worker `rank` gets from files of `file_lines` lines each (`dataset`'s rule)."""
-    files = list(range(len(file_lines)))
-    own, by = shard_files(files, rank, size)
-    if by == "file":
-        return sum(file_lines[i] for i in own)
-    total = 0
-    for n in file_lines:  # runs of batch_size lines dealt in turn, restarting at each file
-        cycle = batch_size * size
-        total += (n // cycle) * batch_size + min(max(n % cycle - rank * batch_size, 0), batch_size)
-    return total
 
 
 # ---------------------------------------------------------------- parsing
@@ -273,13 +257,6 @@ def assemble(files, blocks, batch_size, rank, size, shuffle_buffer, seed, epoch,
     if repeat:
         batches = batches.repeat()
     return batches.prefetch(tf.data.AUTOTUNE)
-
-
-def my_lines(index, batch_size, rank, size, by):
-    """Mask of the (0-based) row indices of one file that worker `rank` keeps."""
-    if by == "line" and size > 1:
-        return tf.equal((index // batch_size) % size, rank)  # run t of batch_size rows -> rank t % size
-    return tf.ones_like(index, tf.bool)
 
 
 def synthetic(batch_size, hash_space, seed=0, rank=0):
