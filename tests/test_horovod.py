@@ -147,6 +147,44 @@ def test_criteo_two_workers_read_every_row_exactly_once(tmp_path, sizes):
     assert sorted(r0["ids"] + r1["ids"]) == want
 
 
+@pytest.mark.parametrize("layout", ["tfrecord", "folder"])
+def test_imagenet_two_workers_read_every_image_exactly_once(tmp_path, layout):
+    """Training: every record once per epoch across the two ranks; validation: each rank
+    its share, together all of it. Against every image read once in one process."""
+    import hashlib
+
+    import imagenet_fixtures as fx
+
+    from trainers.data import imagenet, imagenet_input
+
+    data = str(tmp_path / "data")
+    (fx.write_tfrecords if layout == "tfrecord" else fx.write_folder)(data)
+    proc = horovodrun([sys.executable, "tests/imagenet_shard_check.py", str(tmp_path), data])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["size"] == 2 and r0["kind"] == "ImageNetTask" and r0["updates"] == 40 // 4
+    src = imagenet.find(data, verbose=False)
+    for split, key in ((src.train, "train"), (src.validation, "validation")):
+        want = sorted(hashlib.sha1(np.round(x, 3).tobytes()).hexdigest()
+                      for x, _ in imagenet_input.eval_dataset(split, 16, 64).unbatch().as_numpy_iterator())
+        assert not set(r0[key]) & set(r1[key]) and sorted(r0[key] + r1[key]) == want, key
+
+
+def test_imagenet_trains_under_horovodrun(tmp_path):
+    import imagenet_fixtures as fx
+
+    data = fx.write_folder(str(tmp_path / "data"), train=48)
+    run = tmp_path / "run"
+    proc = horovodrun([os.path.join(BIN, "sngm-train"), "resnet", "--dataset", "imagenet", "--data-dir", data,
+                       "--depth", "18", "--image-size", "32", "--batch-size", "8", "--micro-batch", "2", "--lr", "0.05",
+                       "--epochs", "2", "--eval-batch", "4", "--logdir", str(run), "--no-verbose"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["workers"] == 2 and cfg["micro_batches_per_update"] == 2 and cfg["updates_per_epoch"] == 48 // 8
+    hist = json.load(open(run / "history.json"))["history"]
+    assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"] + hist["val_loss"]))
+
+
 PROMISED = {  # every diagnostics tag the docs promise, per optimizer family
     "scalars": ["learning_rate", "grad_norm", "momentum_norm", "momentum_norm_bound", "update_norm", "skipped_steps",
                 "step_length", "noise_g2", "noise_trace_sigma", "noise_scale", "gradient_diversity_bound", "batch_size"],
