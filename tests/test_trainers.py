@@ -57,6 +57,85 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert json.load(open(tmp_path / "b" / "final.json"))["val_accuracy"] == ha["val_accuracy"][-1]
 
 
+def _task_flags(task, tmp_path):
+    """Small runs of each data path (in memory, Criteo text, streamed ImageNet): 5 updates an epoch."""
+    if task == "cifar":
+        return SMALL[:6] + ["160", *SMALL[7:]]
+    if task == "imagenet":
+        import imagenet_fixtures as fx
+
+        data = fx.write_folder(str(tmp_path / "imagenet"), train=40)
+        return ["resnet", "--dataset", "imagenet", "--data-dir", data, "--depth", "18", "--image-size", "16",
+                "--batch-size", "8", "--micro-batch", "4", "--lr", "0.05", "--eval-batch", "12", "--no-verbose"]
+    from trainers.data import planted_ctr
+
+    planted_ctr.generate(str(tmp_path / "ctr"), 1280, 256, seed=1)
+    return ["deepfm", "--data", str(tmp_path / "ctr" / "train.tsv"), "--test-data", str(tmp_path / "ctr" / "test.tsv"),
+            "--batch-size", "256", "--micro-batch", "128", "--hash-space", "4096", "--embedding-dim", "4", "--hidden",
+            "16", "--shuffle-buffer", "512", "--no-verbose"]
+
+
+@pytest.mark.parametrize("task", ["cifar", "imagenet", "deepfm"])
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, task):
+    """Stopped after 7 updates (2 into the second epoch) with checkpoints every 3, then
+    resumed: the same weights, optimizer state and epoch logs as one uninterrupted run."""
+    flags = _task_flags(task, tmp_path) + ["--epochs", "2", "--deterministic", "--diagnostics-every", "0"]
+    straight = sngm_train(flags + ["--logdir", str(tmp_path / "a")])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert json.load(open(tmp_path / "a" / "config.json"))["updates_per_epoch"] == 5
+    part = sngm_train(flags + ["--logdir", str(tmp_path / "b"), "--ckpt-every-steps", "3", "--stop-after-updates", "7",
+                               "--keep", "0"])
+    assert part.returncode == 0, part.stderr[-2000:]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path / "b")] == \
+        ["ckpt-00000-0000003", "ckpt-00001", "ckpt-00001-0000002"]  # epoch 1 update 3, epoch 1's end, the stop
+    final = json.load(open(tmp_path / "b" / "final.json"))
+    assert final["epochs_done"] == 1 and final["stopped_at"] == {"epoch": 2, "update_in_epoch": 2}
+    rest = sngm_train(flags + ["--logdir", str(tmp_path / "b"), "--resume"])
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    cfg = json.load(open(tmp_path / "b" / "config.json"))
+    assert (cfg["first_epoch"], cfg["first_update_in_epoch"]) == (1, 2)
+    a, b = weights_of(tmp_path / "a" / "ckpt-00002"), weights_of(tmp_path / "b" / "ckpt-00002")
+    assert [n for n, _ in a] == [n for n, _ in b] and len(a) > 4
+    for (name, x), (_, y) in zip(a, b):
+        np.testing.assert_array_equal(x, y, err_msg=name)  # exact in one process
+    with np.load(tmp_path / "a" / "ckpt-00002" / "optimizer.npz") as oa, \
+            np.load(tmp_path / "b" / "ckpt-00002" / "optimizer.npz") as ob:
+        for key in oa.files:
+            np.testing.assert_array_equal(oa[key], ob[key])
+    ha = json.load(open(tmp_path / "a" / "history.json"))["history"]
+    hb = json.load(open(tmp_path / "b" / "history.json"))["history"]
+    del ha["examples_per_sec"], hb["examples_per_sec"]
+    assert hb == ha and len(hb["loss"]) == 2  # the resumed epoch's logs too (its metric sums travel in the checkpoint)
+
+
+def test_checkpoint_every_minutes_saves_within_epochs(tmp_path):
+    proc = sngm_train(SMALL + ["--epochs", "2", "--logdir", str(tmp_path / "r"), "--ckpt-every-minutes", "1e-6",
+                               "--keep", "0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path / "r")]
+    # 4 updates an epoch: a checkpoint after every update, the epoch ends as epoch checkpoints
+    assert names == ["ckpt-00000-0000001", "ckpt-00000-0000002", "ckpt-00000-0000003", "ckpt-00001",
+                     "ckpt-00001-0000001", "ckpt-00001-0000002", "ckpt-00001-0000003", "ckpt-00002"]
+    state = json.load(open(tmp_path / "r" / "ckpt-00001-0000002" / "state.json"))
+    assert state["epoch"] == 1 and state["step_in_epoch"] == 2 and len(state["history"]["loss"]) == 1
+    assert len(state["epoch_metrics"]) >= 4  # loss and accuracy: totals and counts
+
+
+def test_segments_cover_the_run_exactly():
+    from trainers.engine import segments
+
+    assert segments(0, 0, 3, 5) == [(0, 3, 0, 5)]
+    assert segments(0, 0, 3, 5, max_updates=7) == [(0, 1, 0, 5), (1, 2, 0, 2)]
+    assert segments(1, 2, 3, 5) == [(1, 2, 2, 5), (2, 3, 0, 5)]
+    assert segments(1, 2, 3, 5, max_updates=2) == [(1, 2, 2, 4)]
+    assert segments(1, 2, 4, 5, max_updates=9) == [(1, 2, 2, 5), (2, 3, 0, 5), (3, 4, 0, 1)]
+    assert segments(3, 0, 3, 5) == []
+    for first, start, max_updates in [(0, 0, 0), (0, 3, 11), (1, 4, 6), (2, 1, 0)]:  # updates add up
+        plan = segments(first, start, 4, 5, max_updates)
+        done = sum((stop - begin - 1) * 5 + last - first_u for begin, stop, first_u, last in plan)
+        assert done == min(max_updates or 10**9, 4 * 5 - (first * 5 + start))
+
+
 def test_run_directory_has_config_checkpoints_and_tensorboard(tmp_path):
     run = tmp_path / "run"
     proc = sngm_train(SMALL + ["--epochs", "4", "--keep", "2", "--logdir", str(run)])

@@ -1,7 +1,10 @@
 """Atomic, rotating checkpoints of model weights, optimizer state and progress.
 
-A checkpoint is a directory `ckpt-EEEEE/` (E = epochs completed) holding
-`model.weights.h5`, `optimizer.npz` and `state.json`. It is written under a temporary
+A checkpoint is a directory `ckpt-EEEEE/` (E = epochs completed), or `ckpt-EEEEE-UUUUUUU/`
+within an epoch (U = updates done in epoch E + 1), holding `model.weights.h5`,
+`optimizer.npz` and `state.json`. A checkpoint within an epoch also holds the epoch's
+running metric sums and the updates done (`step_in_epoch`): the data position, since each
+epoch's order is a pure function of (seed, epoch). It is written under a temporary
 name and renamed into place only when complete, so a crash while saving leaves the
 previous checkpoints intact; stale temporaries are removed by the next save.
 """
@@ -11,11 +14,12 @@ import json
 import os
 import re
 import shutil
+import time
 
 import keras
 import numpy as np
 
-_NAME = re.compile(r"^ckpt-(\d{5})$")
+_NAME = re.compile(r"^ckpt-(\d{5})(?:-(\d{7}))?$")
 
 
 def list_checkpoints(run_dir):
@@ -24,12 +28,13 @@ def list_checkpoints(run_dir):
     for path in glob.glob(os.path.join(run_dir, "ckpt-*")):
         m = _NAME.match(os.path.basename(path))
         if m and os.path.isfile(os.path.join(path, "state.json")):
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
+            found.append((int(m.group(1)), int(m.group(2) or 0), path))
+    return [p for _, _, p in sorted(found)]
 
 
-def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
-    """Writes checkpoint `ckpt-{epoch}` atomically and keeps the newest `keep`. Refuses
+def save(run_dir, model, optimizer, epoch, keep=3, extra=None, step=0):
+    """Writes checkpoint `ckpt-{epoch}` (or `ckpt-{epoch}-{step}`, `step` updates into the
+    next epoch) atomically and keeps the newest `keep`. Refuses
     (ValueError, nothing written or deleted) when a weight or optimizer value is not
     finite, so rotation never replaces a finite checkpoint by a diverged one."""
     opt_vars = optimizer_state(optimizer)
@@ -40,13 +45,14 @@ def save(run_dir, model, optimizer, epoch, keep=3, extra=None):
     os.makedirs(run_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(run_dir, ".tmp-ckpt-*")):
         shutil.rmtree(stale, ignore_errors=True)
-    final = os.path.join(run_dir, f"ckpt-{epoch:05d}")
-    tmp = os.path.join(run_dir, f".tmp-ckpt-{epoch:05d}-{os.getpid()}")
+    name = f"ckpt-{epoch:05d}" + (f"-{step:07d}" if step else "")
+    final = os.path.join(run_dir, name)
+    tmp = os.path.join(run_dir, f".tmp-{name}-{os.getpid()}")
     os.makedirs(tmp)
     model.save_weights(os.path.join(tmp, "model.weights.h5"))
     with open(os.path.join(tmp, "optimizer.npz"), "wb") as f:
         np.savez(f, **{str(i): v.numpy() for i, v in enumerate(opt_vars)})
-    state = {"epoch": epoch, "optimizer_variables": [v.path for v in opt_vars], **(extra or {})}
+    state = {"epoch": epoch, "step_in_epoch": step, "optimizer_variables": [v.path for v in opt_vars], **(extra or {})}
     with open(os.path.join(tmp, "state.json"), "w") as f:  # written last: marks completeness
         json.dump(state, f, indent=1)
     for name in os.listdir(tmp):
@@ -110,14 +116,46 @@ def _fsync(path):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves every `every` epochs (and at the end). Construct it on rank 0 only."""
+    """Saves every `every` epochs (and at the end), and within epochs every `every_steps`
+    updates or `every_minutes`. Construct it on rank 0 only.
 
-    def __init__(self, run_dir, every=1, keep=3, extra=None, history=None):
+    Keras counts micro-batches: an update ends after every `micro_batches` of them. The
+    engine calls `segment(start, end)` before each `fit`: its first epoch begins at
+    update `start`, its last one ends at update `end` (< updates_per_epoch when the
+    invocation stops mid-epoch: that epoch is saved as a checkpoint within it)."""
+
+    def __init__(self, run_dir, every=1, keep=3, extra=None, history=None, micro_batches=1, updates_per_epoch=1,
+                 every_steps=0, every_minutes=0.0):
         super().__init__()
         self.run_dir, self.every, self.keep, self.extra = run_dir, every, keep, extra or {}
         self.history = {k: list(v) for k, v in (history or {}).items()}  # epochs before a resume
+        self.k, self.updates_per_epoch = micro_batches, updates_per_epoch
+        self.every_steps, self.every_seconds = every_steps, every_minutes * 60
+        self.start, self.end, self.first, self.epoch = 0, updates_per_epoch, True, 0
+        self.last_save = time.monotonic()
+
+    def segment(self, start, end):
+        self.start, self.end, self.first = start, end, True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        if not self.first:
+            self.start = 0
+        self.first = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.k:
+            return  # inside an update's accumulation
+        step = self.start + (batch + 1) // self.k  # updates done in this epoch
+        due = (self.every_steps and step % self.every_steps == 0) or \
+            (self.every_seconds and time.monotonic() - self.last_save >= self.every_seconds)
+        if due and step < min(self.end, self.updates_per_epoch):  # an epoch's end is saved by on_epoch_end
+            self._save(self.epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.end < self.updates_per_epoch and self.params.get("epochs") == epoch + 1:
+            self._save(epoch, self.end)  # the invocation stops inside this epoch
+            return
         done = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
         for k, v in logs.items():  # every epoch's logs so far travel in the checkpoint
@@ -125,3 +163,37 @@ class CheckpointCallback(keras.callbacks.Callback):
         if done % self.every == 0 or done == self.params.get("epochs"):  # (fit's epochs: includes --stop-after)
             save(self.run_dir, self.model, self.model.optimizer, done, self.keep,
                  {**self.extra, "logs": logs, "history": self.history})
+            self.last_save = time.monotonic()
+
+    def _save(self, epoch, step):
+        metrics = [v.numpy().tolist() for v in metric_variables(self.model)]
+        save(self.run_dir, self.model, self.model.optimizer, epoch, self.keep,
+             {**self.extra, "history": {k: v[:epoch] for k, v in self.history.items()}, "epoch_metrics": metrics},
+             step=step)
+        self.last_save = time.monotonic()
+
+
+def metric_variables(model):
+    """The running sums behind the epoch's logs (loss and compiled metrics)."""
+    return [v for m in model.metrics for v in m.variables]
+
+
+class RestoreEpochMetrics(keras.callbacks.Callback):
+    """Resuming within an epoch: adds the epoch's running metric sums saved with the
+    checkpoint to those of the first resumed step, so the epoch's logs are those of an
+    uninterrupted run. (Keras builds the compiled metrics in the first step, and their
+    states are sums: loss and accuracy totals and counts, AUC's confusion counts.)"""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.values is not None:
+            variables = metric_variables(self.model)
+            if len(variables) != len(self.values):
+                raise ValueError(f"the checkpoint holds {len(self.values)} metric sums, the model has {len(variables)}: "
+                                 f"it was written with other metrics")
+            for v, value in zip(variables, self.values):
+                v.assign_add(np.asarray(value, v.dtype))
+            self.values = None

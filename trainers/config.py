@@ -81,7 +81,13 @@ class Config:
     resume: bool = knob(False, "continue from the newest checkpoint in --logdir (a finished run is left as it is)")
     stop_after: int = knob(0, "end this invocation after N epochs (job time limits); the schedule still spans "
                            "--epochs; 0 = run to the end")
+    stop_after_updates: int = knob(0, "end this invocation after N updates, mid-epoch if need be, with a "
+                                   "checkpoint there (fixed-size job slices); 0 = no limit")
     ckpt_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)")
+    ckpt_every_steps: int = knob(0, "also checkpoint every N updates within an epoch (ImageNet epochs are long); "
+                                 "--resume then continues from the exact next micro-batch; 0 = epoch ends only")
+    ckpt_every_minutes: float = knob(0.0, "also checkpoint within an epoch once this many minutes have passed since "
+                                     "the last checkpoint (at the next update's end); 0 = off")
     keep: int = knob(3, "checkpoints kept (0 = all)")
     log_every: int = knob(50, "updates between step-level TensorBoard points and progress lines")
     diagnostics_every: int = knob(50, "updates between diagnostics (norms, noise scale); 0 = off")
@@ -183,7 +189,8 @@ def validate(cfg, task):
     for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
                  "steps_per_execution"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
-    for name in ("steps_per_epoch", "stop_after", "keep", "diagnostics_every", "seed", "shuffle_buffer"):
+    for name in ("steps_per_epoch", "stop_after", "stop_after_updates", "keep", "diagnostics_every", "seed",
+                 "shuffle_buffer", "ckpt_every_steps"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
     need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be a positive number")
     need(finite(cfg.power) and cfg.power > 0, "power", "must be a positive number")
@@ -197,6 +204,10 @@ def validate(cfg, task):
          "deterministic XLA version of some gradients (max pooling's)")
     need(all(0 < e < cfg.epochs for e in cfg.step_epochs) and cfg.step_epochs == sorted(set(cfg.step_epochs)),
          "step_epochs", f"must be increasing epochs in (0, --epochs={cfg.epochs})")
+    need(finite(cfg.ckpt_every_minutes) and cfg.ckpt_every_minutes >= 0, "ckpt_every_minutes", "must be a number >= 0")
+    for name in ("ckpt_every_steps", "ckpt_every_minutes", "stop_after_updates"):
+        need(not (cfg.elastic and getattr(cfg, name)), name, "is not used with --elastic, which commits its state "
+             "every --commit-every updates instead")
     need(not (cfg.elastic and cfg.steps_per_execution > 1), "steps_per_execution",
          "must be 1 with --elastic (its worker count, and so the micro-batches per update, can change)")
     _check_logdir(cfg.logdir)

@@ -96,18 +96,23 @@ def train(cfg, task_cls):
     opt.build(model.trainable_variables)
 
     run_dir = cfg.logdir
-    first_epoch, past = 0, {}
+    first_epoch, start, past, epoch_metrics = 0, 0, {}, None
     if cfg.resume:
         path = checkpoint.latest(run_dir) if rank == 0 else None
         if rank == 0 and path:
             state = checkpoint.restore(path, model, opt)
-            first_epoch, past = state["epoch"], state.get("history", {})
+            first_epoch, start, past = state["epoch"], state.get("step_in_epoch", 0), state.get("history", {})
+            epoch_metrics = state.get("epoch_metrics")
         elif rank == 0 and cfg.verbose:
             print(f"--resume: no checkpoint in {run_dir}: starting from scratch", flush=True)
-        first_epoch = distributed.broadcast_object(first_epoch)  # HVD: every rank resumes at rank 0's epoch
+        # HVD: every rank resumes at rank 0's position (and with its epoch's running metric sums)
+        first_epoch, start, epoch_metrics = distributed.broadcast_object((first_epoch, start, epoch_metrics))
+        if start and cfg.elastic:
+            raise ValueError(f"{path} was saved within an epoch (update {start}); --elastic resumes from epoch ends "
+                             f"only: resume without --elastic to the epoch's end first")
     resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
                 "updates_per_epoch": updates_per_epoch, "effective_lr": lr, "parameters": model.count_params(),
-                "first_epoch": first_epoch, **task.describe()}
+                "first_epoch": first_epoch, "first_update_in_epoch": start, **task.describe()}
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -127,22 +132,38 @@ def train(cfg, task_cls):
         callbacks.append(DiagnosticsLogger(run_dir, cfg.batch_size, cfg.diagnostics_every, write=rank == 0,
                                            schedule=schedule))
     callbacks.append(DivergenceGuard(k))  # after metric averaging, before the checkpoint
+    if start:
+        callbacks.append(checkpoint.RestoreEpochMetrics(epoch_metrics))
+    ckpt = None
     if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
-        callbacks += [checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}, past),
+        ckpt = checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}, past,
+                                             micro_batches=k, updates_per_epoch=updates_per_epoch,
+                                             every_steps=cfg.ckpt_every_steps, every_minutes=cfg.ckpt_every_minutes)
+        callbacks += [ckpt,
                       # Epoch scalars only: Keras' batch-level points count micro-batches, ours
                       # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
                       keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False)]
+    end_epoch = min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
+    plan = segments(first_epoch, start, end_epoch, updates_per_epoch, cfg.stop_after_updates)
+    seen, complete = {}, True  # the epoch logs of this invocation's complete epochs
     try:
-        history = model.fit(
-            task.train_dataset(first_epoch, rank, size, cfg.micro_batch),  # HVD: sharded by rank
-            epochs=min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs,
-            initial_epoch=first_epoch, steps_per_epoch=updates_per_epoch * k,
-            validation_data=task.eval_dataset(), callbacks=callbacks,
-            shuffle=False,  # the datasets shuffle themselves, reproducibly
-            verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
+        for begin, stop, first_update, last_update in plan:
+            complete = last_update == updates_per_epoch
+            if ckpt:
+                ckpt.segment(first_update, last_update)
+            history = model.fit(
+                task.train_dataset(begin, rank, size, cfg.micro_batch, start=first_update * k),  # HVD: sharded by rank
+                epochs=stop, initial_epoch=begin, steps_per_epoch=(last_update - first_update) * k,
+                validation_data=task.eval_dataset() if complete else None, callbacks=callbacks,
+                shuffle=False,  # the datasets shuffle themselves, reproducibly
+                verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
+            if complete:
+                for key, values in history.history.items():
+                    seen.setdefault(key, []).extend(values)
     except Diverged as e:
-        seen = getattr(getattr(model, "history", None), "history", {})  # Keras' History: the completed epochs
-        done = {key: past.get(key, [])[:first_epoch] + seen.get(key, []) for key in set(past) | set(seen)}
+        current = getattr(getattr(model, "history", None), "history", {}) if complete else {}  # Keras' History
+        now = {key: seen.get(key, []) + current.get(key, []) for key in set(seen) | set(current)}
+        done = {key: past.get(key, [])[:first_epoch] + now.get(key, []) for key in set(past) | set(now)}
         if rank == 0:  # the run ends here for good: the study ranks it last
             _write_results(run_dir, done or {"loss": [math.nan]}, first_epoch,
                            {"diverged": True, "reason": str(e), "epochs": cfg.epochs,
@@ -151,17 +172,42 @@ def train(cfg, task_cls):
     if getattr(task, "bad_rows", None) is not None and rank == 0:
         what = "malformed rows (--skip-bad-rows" if task.name == "deepfm" else "undecodable images (--skip-bad-images"
         print(f"skipped {task.bad_rows.count} {what}; each is dropped every time it is read)", flush=True)
-    final = {k: v[-1] for k, v in history.history.items() if k.startswith("val_")}
-    test = task.test_dataset()
-    if test is not None:  # tuned on validation data: the test set is looked at once, here
+    epochs_done = first_epoch + len(seen.get("loss", []))
+    final = {k: v[-1] for k, v in seen.items() if k.startswith("val_")}
+    if not complete:  # stopped within an epoch (--stop-after-updates): its checkpoint holds the position
+        final["stopped_at"] = {"epoch": epochs_done + 1, "update_in_epoch": plan[-1][3]}
+    elif epochs_done == cfg.epochs and task.test_dataset() is not None:  # tuned on validation data: the test set
+        test = task.test_dataset()                                       # is looked at once, here
         final.update({f"test_{k}": float(v) for k, v in model.evaluate(test, return_dict=True, verbose=0).items()})
     elif final:
         final.update({"test_" + k[4:]: v for k, v in list(final.items())})  # the per-epoch evaluation was the test set
-    full = {key: past.get(key, [])[:first_epoch] + values for key, values in history.history.items()}
+    full = {key: past.get(key, [])[:first_epoch] + seen.get(key, []) for key in set(past) | set(seen)}
     if rank == 0:
-        _write_results(run_dir, full, first_epoch, {**final, "epochs": cfg.epochs,
-                                                    "epochs_done": first_epoch + len(history.history.get("loss", []))})
+        _write_results(run_dir, full, first_epoch, {**final, "epochs": cfg.epochs, "epochs_done": epochs_done})
     return full, model, task
+
+
+def segments(first_epoch, start, end_epoch, updates_per_epoch, max_updates=0):
+    """The `fit` calls that train from update `start` of epoch `first_epoch` to the end of
+    epoch `end_epoch`, or for `max_updates` updates: (initial_epoch, epochs, first update of
+    the first epoch, last update of the last epoch). A call either covers whole epochs or
+    one epoch, entered or left mid-way."""
+    budget = max_updates or math.inf
+    plan, e = [], first_epoch
+    if start and e < end_epoch:
+        n = min(updates_per_epoch - start, budget)
+        plan.append((e, e + 1, start, start + n))
+        budget -= n
+        if start + n < updates_per_epoch:
+            return plan
+        e += 1
+    whole = min(end_epoch - e, budget // updates_per_epoch)
+    if whole > 0:
+        plan.append((e, e + whole, 0, updates_per_epoch))
+        e, budget = e + whole, budget - whole * updates_per_epoch
+    if e < end_epoch and 0 < budget < updates_per_epoch:
+        plan.append((e, e + 1, 0, budget))
+    return plan
 
 
 def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past):

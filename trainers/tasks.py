@@ -50,9 +50,9 @@ class ResNetTask:
     def metrics(self):
         return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
-    def train_dataset(self, first_epoch, rank, size, micro_batch):
+    def train_dataset(self, first_epoch, rank, size, micro_batch, start=0):
         return images.train_dataset(*self.train, self.num_classes, micro_batch, self.cfg.seed, first_epoch, rank, size,
-                                    augment=self.cfg.augment, micro_steps=self.micro_steps_per_epoch)
+                                    augment=self.cfg.augment, micro_steps=self.micro_steps_per_epoch, start=start)
 
     def eval_dataset(self):
         """Evaluated every epoch: the validation split when there is one, else the test set."""
@@ -182,14 +182,15 @@ class DeepFMTask:
         return [keras.metrics.AUC(from_logits=True, num_thresholds=2000, name="auc"),
                 keras.metrics.BinaryCrossentropy(from_logits=True, name="logloss")]
 
-    def train_dataset(self, first_epoch, rank, size, micro_batch):
+    def train_dataset(self, first_epoch, rank, size, micro_batch, start=0):
+        """This worker's micro-batches from epoch `first_epoch`, its first `start` skipped."""
         c = self.cfg
         if self.synthetic:
             return criteo.synthetic(micro_batch, c.hash_space, c.seed, rank)
         # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
         per_epoch = [self._rows(self.train_source, micro_batch, rank, size, c.shuffle_buffer, e).take(self.micro_steps_per_epoch)
                      for e in range(first_epoch, max(c.epochs, first_epoch + 1))]
-        ds = per_epoch[0]
+        ds = per_epoch[0].skip(start)  # (parsed, then dropped: the position within the epoch)
         for more in per_epoch[1:]:
             ds = ds.concatenate(more)
         return ds.repeat()  # fit stops after epochs x steps; Keras may look one batch ahead

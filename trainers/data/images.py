@@ -223,7 +223,8 @@ def _normalize(x, num_classes):
     return (tf.cast(x, tf.float32) / 255.0 - mean) / std
 
 
-def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, size=1, augment=True, micro_steps=None):
+def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, size=1, augment=True, micro_steps=None,
+                  start=0):
     """Infinite stream of per-worker micro-batches, starting at `first_epoch`.
 
     Epoch e is a pure function of (seed, e): shuffle with seed (seed, e), cut into
@@ -231,7 +232,8 @@ def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, siz
     + random crop, horizontal flip) seeded by (seed, e, j). So N workers see exactly
     the micro-batches (and augmentations) of one process with the same global batch,
     and a resumed run sees what an uninterrupted one would have. Each epoch yields
-    `micro_steps` micro-batches per worker (default: all complete ones).
+    `micro_steps` micro-batches per worker (default: all complete ones); the first
+    `start` of epoch `first_epoch` are skipped (a resume within an epoch).
     """
     n = len(x)
     images = tf.constant(x)
@@ -251,10 +253,12 @@ def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, siz
 
     def epoch(e):
         order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e]))
+        skip = tf.where(tf.equal(e, first_epoch), tf.constant(start, tf.int64), 0)
         return (tf.data.Dataset.from_tensor_slices(order).enumerate()
                 .filter(lambda j, i: (j // micro_batch) % size == rank)  # micro-batch t -> rank t % size
+                .skip(skip * micro_batch)
                 .map(lambda j, i: make(e, j, i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .batch(micro_batch, drop_remainder=True).take(micro_steps))
+                .batch(micro_batch, drop_remainder=True).take(micro_steps - skip))
 
     return tf.data.Dataset.range(first_epoch, 2**31).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
 
