@@ -34,6 +34,19 @@ BAD_FLAGS = [
     (["--validation-split", "1"], "--validation-split must be in [0, 1). Received: 1.0"),
     (["--image-size", "224", "--depth", "20"], "--depth must be 18, 34 or 50 for --image-size 224. Received: 20"),
     (["--data-dir", "/no/such/folder"], "--data-dir does not exist. Received: '/no/such/folder'"),
+    (["--dataset", "imagenet", "--depth", "20"], "--depth must be 18, 34 or 50 with --dataset imagenet. Received: 20"),
+    (["--dataset", "imagenet", "--depth", "50", "--validation-split", "0.1"],
+     "--validation-split is not supported with --dataset imagenet (its validation split is the evaluation set). "
+     "Received: 0.1"),
+    (["--step-epochs", "60", "30"], "--step-epochs must be increasing epochs in (0, --epochs=160). Received: [60, 30]"),
+    (["--epochs", "90", "--step-epochs", "30", "90"],
+     "--step-epochs must be increasing epochs in (0, --epochs=90). Received: [30, 90]"),
+    (["--ckpt-every-steps", "-2"], "--ckpt-every-steps must be >= 0. Received: -2"),
+    (["--ckpt-every-minutes", "inf"], "--ckpt-every-minutes must be a number >= 0. Received: inf"),
+    (["--stop-after-updates", "-1"], "--stop-after-updates must be >= 0. Received: -1"),
+    (["--shuffle-buffer", "-1"], "--shuffle-buffer must be >= 0. Received: -1"),
+    (["--elastic", "--ckpt-every-steps", "5"], "--ckpt-every-steps is not used with --elastic, which commits its "
+                                               "state every --commit-every updates instead. Received: 5"),
 ]
 
 

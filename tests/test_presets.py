@@ -124,3 +124,43 @@ def test_warmup_ramps_from_its_start_to_the_peak():
     got = lrs(s, 100)
     np.testing.assert_allclose(got[:10], 0.1 + (2.4 - 0.1) * np.arange(1, 11) / 10, rtol=1e-6)
     np.testing.assert_allclose(got[10:], 2.4 * (1 - np.arange(90) / 90) ** 2, rtol=1e-5, atol=1e-7)
+
+
+# v1 Table 3 (ResNet-18 / ResNet-50 top-1 %) and He et al.'s MSGD recipe, typed from the paper.
+V1_IMAGENET = {("msgd", 256): (0.1, "step", None, (69.71, 75.70)), ("sngm", 8192): (0.8, "poly", 2.0, (69.65, 75.42))}
+
+
+@pytest.mark.parametrize("name, depth, col", [("paper-imagenet-resnet18", 18, 0), ("paper-imagenet", 50, 1)])
+def test_paper_imagenet_is_v1_table_3(name, depth, col):
+    spec, runs = resolved(name)
+    assert {(a["label"], a["batch"]) for a, _ in runs} == set(V1_IMAGENET) and spec["lr_factors"] == [1.0]
+    for a, cfg in runs:
+        lr, sched, power, acc = V1_IMAGENET[(a["label"], a["batch"])]
+        assert (cfg.lr, cfg.schedule, cfg.warmup_epochs) == (lr, sched, 0.0)
+        assert power is None or cfg.power == power
+        assert (cfg.dataset, cfg.depth, cfg.image_size, cfg.epochs, cfg.weight_decay, cfg.momentum) == \
+            ("imagenet", depth, 224, 90, 1e-4, 0.9)
+        assert cfg.micro_batch == min(128, cfg.batch_size // 8)  # B=8192 on 8 workers: 8 micro-batches of 128
+        assert spec["paper"]["rows"][a["label"]][a["batch"]] == acc[col]
+    msgd = [cfg for a, cfg in runs if a["label"] == "msgd"][0]
+    assert msgd.step_epochs == [30, 60] and msgd.lr_per_epoch  # He et al.: /10 after epochs 30 and 60
+
+
+def test_paper_imagenet_32k_is_journal_table_4():
+    spec, runs = resolved("paper-imagenet-32k")
+    assert {(a["label"], a["batch"]) for a, _ in runs} == {(o, b) for o in ("lars", "sngm") for b in (1024, 32768)}
+    for a, cfg in runs:
+        assert (cfg.schedule, cfg.warmup_epochs, cfg.epochs, cfg.depth, cfg.dataset) == ("poly", 5, 90, 50, "imagenet")
+        assert cfg.micro_batch == 128  # 32768 / 8 workers = 4096 each: 32 micro-batches
+    assert spec["paper"]["rows"] == {"lars": {1024: 76.77, 32768: 75.77}, "sngm": {1024: 76.72, 32768: 76.16}}
+
+
+def test_step_epochs_divide_the_lr_after_those_epochs():
+    """He et al.'s ImageNet steps, per epoch: lr 0.1 for epochs 0-29, 0.01 for 30-59, 0.001 after."""
+    from trainers import recipes
+
+    upe, epochs = 7, 90
+    s = recipes.schedule("step", 0.1, upe * epochs, step_boundaries=[30 / 90, 60 / 90], updates_per_epoch=upe)
+    got = np.array([float(s(n)) for n in range(upe * epochs)])
+    want = np.array([0.1 * 0.1 ** ((n // upe >= 30) + (n // upe >= 60)) for n in range(upe * epochs)])
+    np.testing.assert_allclose(got, want, rtol=1e-6)

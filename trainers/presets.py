@@ -129,3 +129,47 @@ PRESETS["cpu-cifar"] = dict(
     flags=["--arch", "twoconv", *CIFAR_COMMON, "--train-subset", "7000", "--test-subset", "4000",
            "--validation-split", "0.15", "--epochs", "37", "--schedule", "cosine", "--lr-per-epoch"],
     paper=JOURNAL_T2)
+
+# ---------------------------------------------------------------- ImageNet, for GPU hosts
+# The ImageNet runs read the user's copy: `--data-dir` (TFRecord shards, an image folder,
+# or the ILSVRC tars for tensorflow-datasets) after the preset. ImageNet's test labels are
+# not public: the paper reports the validation set, and so do these presets (the v1 lrs
+# are used as published, without a sweep; Table 4's are swept on it, as the paper must
+# have). Checkpoints every 30 minutes, so a preempted run loses at most that.
+IMAGENET_COMMON = ["--dataset", "imagenet", "--image-size", "224", "--epochs", "90", "--momentum", "0.9",
+                   "--weight-decay", "1e-4", "--eval-batch", "250", "--ckpt-every-minutes", "30"]
+
+V1_T3 = {18: {("msgd", 256): 69.71, ("sngm", 8192): 69.65}, 50: {("msgd", 256): 75.70, ("sngm", 8192): 75.42}}
+
+# journal Table 4: ResNet-50, 90 epochs, warm-up and poly for both, top-1 (%).
+JOURNAL_T4 = {"source": "journal Table 4", "metric": "ResNet-50 top-1 validation accuracy (%)", "rows": {
+    "lars": {1024: 76.77, 32768: 75.77}, "sngm": {1024: 76.72, 32768: 76.16}}}
+
+
+def _v1_imagenet(depth):
+    """v1 Table 3: He et al.'s MSGD (B=256, lr 0.1, /10 after epochs 30 and 60, stepped per
+    epoch) against SNGM at B=8192 (lr 0.8, poly power 2, no warm-up), micro-batch 128.
+    The 90 epochs are He et al.'s; v1 does not state them."""
+    rows = {}
+    for (label, b), v in V1_T3[depth].items():
+        rows.setdefault(label, {})[b] = v
+    return dict(task="resnet", seeds=[0], lr_factors=[1.0], extend_edges=0, workers=8,
+                arms=[arm("msgd", 256, 0.1, ["--schedule", "step", "--step-epochs", "30", "60", "--lr-per-epoch"]),
+                      arm("sngm", 8192, 0.8, ["--schedule", "poly", "--power", "2"])],
+                flags=["--depth", str(depth), *IMAGENET_COMMON],
+                paper={"source": "v1 Table 3", "metric": f"ResNet-{depth} top-1 validation accuracy (%)", "rows": rows},
+                paper_inline=True)
+
+
+PRESETS["paper-imagenet"] = _v1_imagenet(50)
+PRESETS["paper-imagenet-resnet18"] = _v1_imagenet(18)
+
+# journal Table 4: LARS and SNGM at B = 1024 and 32768. The paper names neither the lrs,
+# the warm-up length nor the poly power: 5 warm-up epochs (Goyal et al.) and power 2
+# (v1's ImageNet SNGM) here; sweep centres are ours, square-root scaled from v1's SNGM
+# 0.8 at B=8192 and from LARS 16 at B=32768 (MLPerf-style LARS rates are 10-30 there).
+PRESETS["paper-imagenet-32k"] = dict(
+    task="resnet", seeds=[0], lr_factors=[0.5, 1.0, 2.0], extend_edges=1, workers=8,
+    arms=[arm(o, b, round(centre * math.sqrt(b / ref), 4), ["--schedule", "poly", "--power", "2", "--warmup-epochs", "5"])
+          for o, centre, ref in (("lars", 16.0, 32768), ("sngm", 0.8, 8192)) for b in (1024, 32768)],
+    flags=["--depth", "50", *IMAGENET_COMMON], paper=JOURNAL_T4, paper_inline=True)

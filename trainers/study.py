@@ -417,7 +417,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--lr-factors", type=float, nargs="+", help="override the preset's sweep around the base lr")
     parser.add_argument("--extend-edges", type=int, help="override how many steps the sweep may go past its ends")
-    parser.add_argument("--data-dir", default="", help="CIFAR location for the resnet presets")
+    parser.add_argument("--data-dir", default="", help="the data of the resnet presets: CIFAR, or ImageNet (TFRecord shards, "
+                        "an image folder, or the ILSVRC tars) for the paper-imagenet presets")
     parser.add_argument("--report-only", action="store_true", help="rebuild the tables and plots from finished runs")
     args, extra = parser.parse_known_args(argv)
     spec = dict(PRESETS[args.preset])
