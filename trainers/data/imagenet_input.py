@@ -17,7 +17,6 @@ naming the file and the record. An image that cannot be decoded does too, unless
 own start to fill its steps.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from trainers.data import sharding
@@ -89,8 +88,9 @@ def _tfrecord_rows(split, rank, size, run, permute_seed):
     """This worker's records of a TFRecord split: dicts of encoded, label, where, problem."""
     fmt = split.format
     own, by = sharding.shard_files(list(range(len(split.files))), rank, size)
-    if permute_seed is not None:
-        own = [own[i] for i in np.random.default_rng(permute_seed).permutation(len(own))]
+    order = tf.constant(own, tf.int64)
+    if permute_seed is not None:  # (seed, epoch), possibly tensors
+        order = tf.random.experimental.stateless_shuffle(order, seed=tf.cast(tf.stack(permute_seed), tf.int64))
     paths = tf.constant(split.files)
     spec = {fmt.image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
             fmt.label_key: tf.io.FixedLenFeature([], tf.int64, default_value=-(2**40))}
@@ -112,7 +112,7 @@ def _tfrecord_rows(split, rank, size, run, permute_seed):
             ds = ds.filter(lambda n, raw: sharding.my_lines(n, run, rank, size, by))
         return ds.map(lambda n, raw: parse(path, n, raw))
 
-    files = tf.data.Dataset.from_tensor_slices(tf.constant(own, tf.int64))
+    files = tf.data.Dataset.from_tensor_slices(order)
     if by == "line":  # in file order, one after the other
         return files.flat_map(records)
     return files.interleave(records, cycle_length=min(len(own), PARALLEL_FILES), block_length=1,
@@ -124,7 +124,7 @@ def _folder_rows(split, rank, size, run, permute_seed):
     n = len(split.files)
     order = tf.range(n, dtype=tf.int64)
     if permute_seed is not None:
-        order = tf.random.experimental.stateless_shuffle(order, seed=tf.constant(permute_seed, tf.int64))
+        order = tf.random.experimental.stateless_shuffle(order, seed=tf.cast(tf.stack(permute_seed), tf.int64))
     paths, labels = tf.constant(split.files), tf.constant(split.labels, tf.int64)
     return (tf.data.Dataset.from_tensor_slices(order).enumerate()
             .filter(lambda j, i: sharding.my_lines(j, run, rank, size, "line"))
@@ -186,26 +186,25 @@ def train_dataset(split, image_size, micro_batch, seed, first_epoch, epochs, ran
                   shuffle_buffer=10_000, augment=True, skip_bad=False, counter=None, start=0):
     """Micro-batches (images [b, s, s, 3] float32 normalized, labels [b]) for this worker,
     `micro_steps` per epoch from `first_epoch`, the first `start` of it skipped."""
-    def make(encoded, n):
+    def make(encoded, n, e):
         if augment:
             return normalize(train_image(encoded, tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + e, rank * 2**40 + n]),
                                          image_size))
         return normalize(eval_image(encoded, image_size))
 
-    epochs_ds = []
-    for e in range(first_epoch, max(epochs, first_epoch + 1)):
-        recs = rows(split, rank, size, micro_batch, permute_seed=[seed, e])
+    def epoch(e):
+        recs = rows(split, rank, size, micro_batch, permute_seed=[tf.constant(seed, tf.int64), e])
         if shuffle_buffer and split.kind != "folder":  # a folder is permuted whole
             recs = recs.shuffle(max(1, shuffle_buffer // size), seed=(seed * 7919 + e) * 4099 + rank,
                                 reshuffle_each_iteration=False)
-        skip = start * micro_batch if e == first_epoch else 0
-        images = _checked(_decoded(recs.enumerate().skip(skip), make, [image_size, image_size, 3],
-                                   split.kind == "folder"), skip_bad, counter)
-        epochs_ds.append(images.repeat().take(micro_steps * micro_batch - skip))  # skip_bad: wrap to fill the epoch
-    ds = epochs_ds[0]
-    for more in epochs_ds[1:]:
-        ds = ds.concatenate(more)
-    return ds.batch(micro_batch, drop_remainder=True).repeat().prefetch(tf.data.AUTOTUNE)
+        skip = tf.where(tf.equal(e, first_epoch), tf.constant(start * micro_batch, tf.int64), 0)
+        images = _checked(_decoded(recs.enumerate().skip(skip), lambda encoded, n: make(encoded, n, e),
+                                   [image_size, image_size, 3], split.kind == "folder"), skip_bad, counter)
+        return images.repeat().take(micro_steps * micro_batch - skip)  # skip_bad: wrap to fill the epoch
+
+    # One pipeline, traced once, for every epoch (its order a function of the epoch number).
+    return (tf.data.Dataset.range(first_epoch, max(epochs, first_epoch + 1)).flat_map(epoch)
+            .batch(micro_batch, drop_remainder=True).repeat().prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(split, image_size, batch, rank=0, size=1, skip_bad=False, counter=None):
