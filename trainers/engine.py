@@ -105,7 +105,8 @@ def train(cfg, task_cls):
             epoch_metrics = state.get("epoch_metrics")
         elif rank == 0 and cfg.verbose:
             print(f"--resume: no checkpoint in {run_dir}: starting from scratch", flush=True)
-        # HVD: every rank resumes at rank 0's position (and with its epoch's running metric sums)
+        # HVD: every rank resumes at rank 0's position, and with rank 0's running metric sums of the
+        # epoch (so an epoch resumed mid-way logs rank 0's partial sums on every rank)
         first_epoch, start, epoch_metrics = distributed.broadcast_object((first_epoch, start, epoch_metrics))
         if start and cfg.elastic:
             raise ValueError(f"{path} was saved within an epoch (update {start}); --elastic resumes from epoch ends "
@@ -174,11 +175,12 @@ def train(cfg, task_cls):
         print(f"skipped {task.bad_rows.count} {what}; each is dropped every time it is read)", flush=True)
     epochs_done = first_epoch + len(seen.get("loss", []))
     final = {k: v[-1] for k, v in seen.items() if k.startswith("val_")}
+    test = task.test_dataset()
     if not complete:  # stopped within an epoch (--stop-after-updates): its checkpoint holds the position
         final["stopped_at"] = {"epoch": epochs_done + 1, "update_in_epoch": plan[-1][3]}
-    elif epochs_done == cfg.epochs and task.test_dataset() is not None:  # tuned on validation data: the test set
-        test = task.test_dataset()                                       # is looked at once, here
-        final.update({f"test_{k}": float(v) for k, v in model.evaluate(test, return_dict=True, verbose=0).items()})
+    elif test is not None:  # tuned on validation data: the test set is looked at once, at the end
+        if epochs_done == cfg.epochs:
+            final.update({f"test_{k}": float(v) for k, v in model.evaluate(test, return_dict=True, verbose=0).items()})
     elif final:
         final.update({"test_" + k[4:]: v for k, v in list(final.items())})  # the per-epoch evaluation was the test set
     full = {key: past.get(key, [])[:first_epoch] + seen.get(key, []) for key in set(past) | set(seen)}

@@ -14,7 +14,8 @@ resumed run, also mid-epoch (`start`), sees exactly what an uninterrupted one wo
 Bad records: a record without its image, or with a label out of range, stops the run,
 naming the file and the record. An image that cannot be decoded does too, unless
 `skip_bad` drops it (counted once per record in `counter`); the epoch then wraps to its
-own start to fill its steps.
+own start to fill its steps. (A resume within an epoch skips records, not images: with
+dropped images before the resume point it lands that many images early.)
 """
 
 import tensorflow as tf
