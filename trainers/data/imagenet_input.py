@@ -7,7 +7,7 @@ window), resized to `--image-size` (bilinear) and flipped at random. Evaluation:
 shorter side resized to 256 (x image_size/224), the centre crop.
 
 Order and augmentation are pure functions of (seed, epoch, worker): the file order is
-permuted by (seed, epoch), the shuffle window is seeded by (seed, epoch, rank), and the
+permuted by (seed, epoch), each shuffle window by (seed, epoch, window, rank), and the
 n-th record of a worker's epoch is augmented with the seed (seed, epoch, rank, n). So a
 resumed run, also mid-epoch (`start`), sees exactly what an uninterrupted one would have.
 
@@ -182,6 +182,19 @@ def _checked(images, skip_bad, counter):
     return images.filter(check).map(lambda image, label, where, problem: (image, label))
 
 
+def _window_shuffled(records, window, seed, rank, size):
+    """Records permuted within consecutive windows of `window`, each by a stateless seed
+    (seed, window number, rank): memory is bounded by the window (about 1.1 GB for 10,000
+    ImageNet JPEGs), and the order is a pure function of the seeds, also inside a traced
+    epoch function (tf.data's own shuffle wants a Python seed there)."""
+    def permute(w, batch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(batch["label"], out_type=tf.int64)[0]),
+                                                         seed=tf.stack([seed, w * size + rank]))
+        return {k: tf.gather(v, order) for k, v in batch.items()}
+
+    return records.batch(window).enumerate().map(permute).unbatch()
+
+
 # ---------------------------------------------------------------- datasets
 def train_dataset(split, image_size, micro_batch, seed, first_epoch, epochs, rank, size, micro_steps,
                   shuffle_buffer=10_000, augment=True, skip_bad=False, counter=None, start=0):
@@ -196,8 +209,8 @@ def train_dataset(split, image_size, micro_batch, seed, first_epoch, epochs, ran
     def epoch(e):
         recs = rows(split, rank, size, micro_batch, permute_seed=[tf.constant(seed, tf.int64), e])
         if shuffle_buffer and split.kind != "folder":  # a folder is permuted whole
-            recs = recs.shuffle(max(1, shuffle_buffer // size), seed=(seed * 7919 + e) * 4099 + rank,
-                                reshuffle_each_iteration=False)
+            recs = _window_shuffled(recs, max(micro_batch, shuffle_buffer // size),
+                                    tf.constant(seed, tf.int64) * 7919 + e, rank, size)
         skip = tf.where(tf.equal(e, first_epoch), tf.constant(start * micro_batch, tf.int64), 0)
         images = _checked(_decoded(recs.enumerate().skip(skip), lambda encoded, n: make(encoded, n, e),
                                    [image_size, image_size, 3], split.kind == "folder"), skip_bad, counter)
