@@ -113,6 +113,12 @@ def test_report_sets_the_papers_numbers_beside_ours_and_the_noise_scale(tmp_path
     assert "0.7700 ± 0.0000 (0.5, n=1); paper 0.7489 |" in table
     assert "Published (journal Table 8), test AUC:" in table and "| lamb | 0.7066 | 0.6811 |" in table
     assert "| sngm | 1024 | 0 | 812 | 2401 | 2401 |" in table
+    # an estimate <= 0 (|G|^2 estimated <= 0) is a B_simple too large to measure: ranked as infinite, not as -50
+    hist.write_text(json.dumps({"history": {"loss": [0.6, 0.5, 0.4], "noise_scale": [812.4, 2400.6, -50.0],
+                                            "val_auc": [0.7, 0.75, 0.78]}}))
+    st.report(spec, str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert "| sngm | 1024 | 0 | 812 | 2401 | unresolved† |" in table and "† the unbiased estimate of |G|²" in table
     spec["paper_inline"] = False  # another setup (the CPU studies): the published table only, below ours
     st.report(spec, str(tmp_path))
     table = (tmp_path / "results.md").read_text()

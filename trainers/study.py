@@ -260,15 +260,24 @@ def _noise_lines(rows, curves):
             continue
         c = [x["noise_scale"] for x in curves if (x["optimizer"], x["batch_size"], x["lr"], x["seed"]) ==
              (r["optimizer"], r["batch_size"], r["lr"], r["seed"]) and x["noise_scale"] not in (None, "")]
-        c = [v for v in c if math.isfinite(v)]
+        # An estimate <= 0 means the unbiased |G|^2 estimate was <= 0: the gradient is below what the
+        # micro-batch noise resolves, so B_simple is beyond measurement (it ranks as infinite).
+        c = [v if v > 0 else math.inf for v in c if not math.isnan(v)]
         if c:
             out.append((r["optimizer"], r["batch_size"], r["seed"], c[0], sorted(c)[len(c) // 2], c[-1]))
     if not out:
         return []
+
+    def show(v):
+        return f"{v:.0f}" if math.isfinite(v) else "unresolved†"
+
     lines = ["", "Gradient noise scale B_simple = tr(Σ)/|G|² measured during the chosen runs (epoch 1, the median "
              "over epochs, the last epoch; it needs several micro-batches per update, so the smallest batch has none):",
              "", "| optimizer | B | seed | B_simple, epoch 1 | median | last epoch |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {o} | {b} | {s} | {first:.0f} | {mid:.0f} | {last:.0f} |" for o, b, s, first, mid, last in out]
+    lines += [f"| {o} | {b} | {s} | {show(first)} | {show(mid)} | {show(last)} |" for o, b, s, first, mid, last in out]
+    if any(not math.isfinite(v) for row in out for v in row[3:]):
+        lines += ["", "† the unbiased estimate of |G|² came out ≤ 0: the mean gradient is below what the "
+                      "micro-batch noise resolves, so B_simple is larger than this run can measure."]
     return lines
 
 
