@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from trainers import distributed
-from trainers.data import criteo
+from trainers.data import criteo, sharding
 
 out, files = sys.argv[1], sys.argv[2:]
 distributed.init()
@@ -15,4 +15,4 @@ rank, size = distributed.rank(), distributed.size()
 ds = criteo.dataset(files, 32, 1000, rank, size, shuffle_buffer=64, seed=2, epoch=1, drop_remainder=False)
 ids = np.concatenate([np.round(np.expm1(x["dense"].numpy()[:, 0])) for x, _ in ds]).astype(int).tolist()
 with open(f"{out}/rank{rank}.json", "w") as f:
-    json.dump({"rank": rank, "size": size, "ids": ids, "by": criteo.shard_files(files, rank, size)[1]}, f)
+    json.dump({"rank": rank, "size": size, "ids": ids, "by": sharding.shard_files(files, rank, size)[1]}, f)

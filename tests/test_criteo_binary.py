@@ -7,7 +7,7 @@ import numpy as np
 
 from helpers import sngm_train
 from test_data import edge_case_rows
-from trainers.data import criteo, criteo_binary, planted_ctr
+from trainers.data import criteo, criteo_binary, planted_ctr, sharding
 
 
 def batches(ds):
@@ -39,9 +39,9 @@ def test_prepared_shards_cover_every_row_once_per_worker_pair(tmp_path):
         for r in (0, 1):
             ds = criteo_binary.dataset(str(out), 32, r, 2, shuffle_buffer=64, seed=1, drop_remainder=False)
             seen.append(np.round(np.expm1(np.concatenate([x["dense"].numpy()[:, 0] for x, _ in ds]))).astype(int))
-            assert len(seen[r]) == criteo.rows_of_worker([s["rows"] for s in criteo_binary.load_meta(str(out))["shards"]],
+            assert len(seen[r]) == sharding.rows_of_worker([s["rows"] for s in criteo_binary.load_meta(str(out))["shards"]],
                                                          r, 2, 32)
-        assert criteo.shard_files(criteo_binary.shards(str(out)), 0, 2)[1] == by
+        assert sharding.shard_files(criteo_binary.shards(str(out)), 0, 2)[1] == by
         assert not set(seen[0]) & set(seen[1])
         np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(1000))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainers.data import criteo, images, planted_ctr
+from trainers.data import criteo, images, planted_ctr, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -300,8 +300,8 @@ def test_shards_cover_every_row_once(tmp_path, sizes):
     assert not set(seen[0]) & set(seen[1])
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), everything)
     for r in (0, 1):  # the trainer's step count comes from this arithmetic
-        assert len(seen[r]) == criteo.rows_of_worker(sizes, r, 2, 64)
-    assert criteo.shard_files(files, 0, 2)[1] == ("file" if len(files) % 2 == 0 else "line")
+        assert len(seen[r]) == sharding.rows_of_worker(sizes, r, 2, 64)
+    assert sharding.shard_files(files, 0, 2)[1] == ("file" if len(files) % 2 == 0 else "line")
 
 
 def test_line_sharding_without_shuffle_deals_runs_of_one_batch(tmp_path):

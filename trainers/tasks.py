@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from trainers import distributed
-from trainers.data import criteo, criteo_binary, imagenet, imagenet_input, images
+from trainers.data import criteo, criteo_binary, imagenet, imagenet_input, images, sharding
 from trainers.models import deepfm, resnet, twoconv
 
 
@@ -169,7 +169,7 @@ class DeepFMTask:
         """Updates every worker can fill from its own shard (the smallest shard decides)."""
         if not self.file_lines or workers == 1:
             return self.num_train // global_batch
-        rows = min(criteo.rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
+        rows = min(sharding.rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
         return rows // (global_batch // workers)
 
     def model(self):

@@ -29,7 +29,7 @@ import glob
 import numpy as np
 import tensorflow as tf
 
-from trainers.data.sharding import my_lines, rows_of_worker, shard_files  # noqa: F401  (re-exported)
+from trainers.data.sharding import my_lines, shard_files
 
 NUM_FIELDS = 40
 DENSE = [f"I{i}" for i in range(1, 14)]

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainers.data import criteo
+from trainers.data import criteo, sharding
 
 FORMAT = "sngm-criteo-binary-v1"
 FIELDS = 1 + 13 + 26
@@ -101,7 +101,7 @@ def _blocks(path, batch_size, rank, size, by):
 
     def decode(b, raw):
         index = b * _BLOCK + tf.range(tf.shape(raw, out_type=tf.int64)[0])
-        raw = tf.boolean_mask(raw, criteo.my_lines(index, batch_size, rank, size, by))
+        raw = tf.boolean_mask(raw, sharding.my_lines(index, batch_size, rank, size, by))
         values = tf.reshape(tf.io.decode_raw(raw, tf.float32, little_endian=True), [-1, FIELDS])
         ids = tf.bitcast(values[:, 14:], tf.int32)
         return {"dense": values[:, 1:14], "categorical": tf.cast(ids, tf.int64)}, values[:, :1]
