@@ -65,7 +65,8 @@ bench: install
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-ctr --out runs/study-cpu-ctr
-	$(BIN)/python tools/results_page.py cpu-cifar=runs/study-cpu-cifar cpu-ctr=runs/study-cpu-ctr
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar-adaptive --out runs/study-cpu-cifar-adaptive --data-dir ../shared/data/cifar10-jpeg.tar
+	$(BIN)/python tools/results_page.py cpu-cifar=runs/study-cpu-cifar cpu-ctr=runs/study-cpu-ctr cpu-cifar-adaptive=runs/study-cpu-cifar-adaptive
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,6 +14,8 @@ examples gives their batch-size bound n Delta, which in expectation is
 (|G|^2 + tr(Sigma)) / |G|^2 = 1 + B_simple.
 """
 
+import math
+
 import tensorflow as tf
 
 from keras_sngm._base import squared_norm
@@ -72,9 +74,12 @@ class NoiseScaleEstimator:
     def local_mean(self, local_micro_batches):
         return self.vars["small_sq_sum"] / local_micro_batches
 
-    def update(self, small_mean, grads):
+    def update(self, small_mean, grads, micro_batches=None):
+        """Folds one update's estimate in; `micro_batches` (a tensor when the batch
+        adapts) overrides the constructor's count for this update."""
         v, a = self.vars, self.ema
-        g2, trace = unbiased_estimates(small_mean, _squared_norm(grads), self.b_small, self.b_small * self.ratio)
+        ratio = self.ratio if micro_batches is None else tf.cast(micro_batches, tf.float32)
+        g2, trace = unbiased_estimates(small_mean, _squared_norm(grads), self.b_small, self.b_small * ratio)
         v["g2"].assign(g2)
         v["trace"].assign(trace)
         v["g2_ema"].assign(a * v["g2_ema"] + (1 - a) * g2)
@@ -82,10 +87,27 @@ class NoiseScaleEstimator:
         v["ema_weight"].assign(a * v["ema_weight"] + (1 - a))
         v["small_sq_sum"].assign(0.0)
 
+    def discard_micro(self):
+        """Drops this update's micro-batch sums without an estimate (one micro-batch gradient
+        in all: there is no second batch size to compare with)."""
+        self.vars["small_sq_sum"].assign(0.0)
+
+    def ema_estimates(self):
+        """(|G|^2, tr(Sigma)) as bias-corrected EMAs, as tensors (inside a traced step); (0, 0)
+        before the first estimate."""
+        v = self.vars
+        w = tf.maximum(v["ema_weight"], 1e-12)
+        return v["g2_ema"] / w, v["trace_ema"] / w
+
     def result(self):
-        """{"g2", "trace"} (bias-corrected EMAs), "b_simple", "diversity_bound", "batch"."""
-        w = max(float(self.vars["ema_weight"].numpy()), 1e-12)
+        """{"g2", "trace"} (bias-corrected EMAs), "b_simple", "diversity_bound", "batch",
+        and "estimates": how many updates the averages hold (from the EMA's weight
+        1 - ema^n; 0 before the first)."""
+        raw = float(self.vars["ema_weight"].numpy())
+        w = max(raw, 1e-12)
         g2, trace = self.vars["g2_ema"].numpy() / w, self.vars["trace_ema"].numpy() / w
         b_simple, bound = (float(x) for x in critical_batch(g2, trace))
+        estimates = 0 if raw <= 0 else (math.inf if raw >= 1 or self.ema == 0 else
+                                        round(math.log1p(-raw) / math.log(self.ema)))
         return {"g2": float(g2), "trace": float(trace), "b_simple": b_simple, "diversity_bound": bound,
-                "batch": self.b_small * self.ratio}
+                "batch": self.b_small * self.ratio, "estimates": estimates}

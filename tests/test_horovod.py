@@ -394,3 +394,28 @@ def test_elastic_job_survives_a_worker_leaving(tmp_path, spare):
     a = _load_trainable(tmp_path / "one", lambda: cifar_resnet(8, 4), "ckpt-00008")
     b = _load_trainable(run, lambda: cifar_resnet(8, 4), "ckpt-00008")
     assert_close_to_scale(b, a, rtol=1e-3)  # (measured without a kill: 2 workers vs 1 process 5e-5)
+
+
+def test_adaptive_batch_two_workers_equal_one_process(tmp_path):
+    """--batch-size auto under horovodrun -np 2: the batch changes at the same updates as in
+    one process over the same micro-batches (the decisions come from the allreduced
+    estimates), every rank took the same decisions, and the weights match."""
+    flags = ["resnet", "--dataset", "synthetic", "--arch", "twoconv", "--train-subset", "512", "--num-classes", "4",
+             "--micro-batch", "16", "--lr", "0.1", "--seed", "2", "--no-verbose", "--batch-size", "auto",
+             "--batch-min", "32", "--batch-max", "128", "--adapt-every", "5", "--adapt-factor", "60", "--epochs", "2",
+             "--deterministic"]
+    one = sngm_train(flags + ["--logdir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--logdir", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    f1, f2 = (json.load(open(tmp_path / d / "final.json")) for d in ("one", "two"))
+    assert f2["workers_agreeing_on_batches"] == 2 and f1["workers_agreeing_on_batches"] == 1
+    assert [(d["update"], d["batch_size"]) for d in f2["batch_trajectory"]] == \
+        [(d["update"], d["batch_size"]) for d in f1["batch_trajectory"]] == [(20, 64), (25, 128)]
+    r1, r2 = (json.load(open(tmp_path / d / "history.json"))["batch_runs"] for d in ("one", "two"))
+    assert r1 == r2 and f1["updates"] == f2["updates"] and f1["examples"] == f2["examples"] == 1024
+    from trainers.models.twoconv import build
+
+    a = _load_trainable(tmp_path / "one", lambda: build(4, 32), ckpt="ckpt-00002")
+    b = _load_trainable(tmp_path / "two", lambda: build(4, 32), ckpt="ckpt-00002")
+    assert_close_to_scale(b, a)

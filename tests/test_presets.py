@@ -164,3 +164,29 @@ def test_step_epochs_divide_the_lr_after_those_epochs():
     got = np.array([float(s(n)) for n in range(upe * epochs)])
     want = np.array([0.1 * 0.1 ** ((n // upe >= 30) + (n // upe >= 60)) for n in range(upe * epochs)])
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_cpu_cifar_adaptive_is_cpu_cifar_with_the_five_arms_of_the_adaptive_study():
+    import csv
+    import os
+
+    spec, runs = resolved("cpu-cifar-adaptive")
+    _, base = resolved("cpu-cifar")
+    ref = base[0][1]
+    arms = {(a["label"], cfg.batch_size, cfg.batch_min, cfg.batch_max): cfg for a, cfg in runs}
+    assert set(arms) == {("sngm", 128, 0, 0), ("sngm", 512, 0, 0), ("sngm-auto", "auto", 128, 1024),
+                         ("msgd", 128, 0, 0), ("msgd-auto", "auto", 128, 1024)}
+    for cfg in arms.values():  # the same net, data, epochs and schedule as cpu-cifar
+        for name in ("arch", "dataset", "train_subset", "test_subset", "validation_split", "epochs", "schedule",
+                     "lr_per_epoch", "momentum", "weight_decay"):
+            assert getattr(cfg, name) == getattr(ref, name), name
+        assert cfg.micro_batch == 64 and cfg.lr_scaling == "default" and cfg.adapt_factor == 1.0
+        config.validate(cfg, "resnet")
+    assert spec["seeds"] == [0, 1] and spec["lr_factors"] == [0.5, 1.0, 2.0] and spec["extend_edges"] == 4
+    # the sweep centres are the lrs cpu-cifar chose (its generated results.csv)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "results", "cpu-cifar", "results.csv")) as f:
+        chosen = {(r["optimizer"], int(r["batch_size"])): float(r["lr"]) for r in csv.DictReader(f)
+                  if r["selected"] == "True"}
+    for a, cfg in runs:
+        assert a["lr"] == pytest.approx(chosen[(a["optimizer"], a["batch"])], rel=5e-3), a["label"]  # to 3 figures

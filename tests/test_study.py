@@ -179,3 +179,32 @@ def test_bad_sweep_flags_are_refused(tmp_path, capsys, flag, value, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
+
+
+def test_report_of_adaptive_arms_gives_updates_examples_and_the_claim(tmp_path):
+    """The cost table and the claim line, from hand-made runs: sngm-auto at 0.5 points below
+    fixed-128 SNGM with 40% of its updates meets the claim; msgd-auto, 2 points below, not."""
+    spec = dict(task="resnet", seeds=[0], lr_factors=[1.0], extend_edges=0, flags=[],
+                arms=[presets.arm("sngm", 128, 0.07), presets.arm("sngm", 128, 0.07, label="sngm-auto", adaptive_to=1024),
+                      presets.arm("msgd", 128, 0.01), presets.arm("msgd", 128, 0.01, label="msgd-auto", adaptive_to=1024)])
+    cells = {"sngm": (0.620, 1702, None), "sngm-auto": (0.615, 681, [(150, 256), (400, 512)]),
+             "msgd": (0.580, 1702, None), "msgd-auto": (0.560, 700, [(300, 256)])}
+    for label, (acc, updates, changes) in cells.items():
+        d = tmp_path / "runs" / st.cell_name(label, 128, 0.07 if "sngm" in label else 0.01, 0)
+        d.mkdir(parents=True)
+        final = {"val_accuracy": acc, "test_accuracy": acc, "test_loss": 1.0, "updates": updates,
+                 "examples": 128 * 1702, "epochs_done": 2}
+        if changes:
+            final["batch_trajectory"] = [{"update": u, "examples": u * 128, "batch_size": b} for u, b in changes]
+        (d / "final.json").write_text(json.dumps(final))
+        (d / "history.json").write_text(json.dumps({"history": {"loss": [1.2, 1.0], "noise_scale": [90.0, 700.0]}}))
+        (d / "wall_seconds.txt").write_text("120\n")
+    st.report(spec, str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert "| sngm-auto | auto 128 → 1024 | 61.50 (1 seed) | 681 | 217856 | 2.0 | 0.07 |" in table
+    assert "| sngm | 128 | 62.00 (1 seed) | 1702 | 217856 | 2.0 | 0.07 |" in table
+    assert ("**sngm-auto against sngm at fixed B=128**: -0.50 points with 0.40x the updates (681 against 1702). "
+            "The claim \"within 0.5 points (0.005 AUC) with at most half the updates\" is met here.") in table
+    assert "**msgd-auto against msgd at fixed B=128**: -2.00 points with 0.41x the updates" in table
+    assert "is not met (points) here." in table
+    assert (tmp_path / "batch_vs_noise_scale.png").stat().st_size > 10_000

@@ -122,7 +122,7 @@ def test_checkpoint_every_minutes_saves_within_epochs(tmp_path):
 
 
 def test_segments_cover_the_run_exactly():
-    from trainers.engine import segments
+    from trainers.segments import update_ranges as segments
 
     assert segments(0, 0, 3, 5) == [(0, 3, 0, 5)]
     assert segments(0, 0, 3, 5, max_updates=7) == [(0, 1, 0, 5), (1, 2, 0, 2)]

@@ -17,6 +17,8 @@ def lr_used(schedule, optimizer):
     schedule, the optimizer's current value (exact for a constant rate)."""
     if schedule is None:
         return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    if hasattr(schedule, "used"):  # trainers.lr_scaling.ExamplesSchedule: it follows examples, not updates
+        return schedule.used()
     if callable(schedule):
         return float(keras.ops.convert_to_numpy(schedule(max(int(optimizer.iterations) - 1, 0))))
     return float(schedule)
@@ -27,64 +29,85 @@ def _clock(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _batch(source):
+    """The global batch now: an int, or the engine's `trainers.segments.Progress`."""
+    return getattr(source, "batch", source)
+
+
 class ProgressLogger(keras.callbacks.Callback):
     """Learning rate and throughput (examples/s, all workers) to the epoch logs and,
     every `every` updates, to TensorBoard (`<logdir>/train`, tags `step/*`) and, with
     `show`, as a progress line with the estimated time left; after the first updates it
-    prints the estimated time of the whole run."""
+    prints the estimated time of the whole run. Every update also writes `step/batch_size`
+    and `step/examples` (examples seen so far); the epoch logs get the examples seen by
+    the epoch's end (`examples`).
 
-    def __init__(self, logdir, global_batch, micro_steps_per_update, every=50, write=True, schedule=None,
-                 total_updates=0, show=False):
+    `progress` is the engine's `trainers.segments.Progress` (where each `fit` starts, the
+    batch of its updates); `total_examples` is the run's, for the time left."""
+
+    def __init__(self, logdir, progress, every=50, write=True, schedule=None, total_examples=0, total_updates=0,
+                 show=False):
         super().__init__()
-        self.global_batch, self.k, self.every, self.schedule = global_batch, micro_steps_per_update, every, schedule
-        self.total, self.show = total_updates, show
+        self.progress, self.every, self.schedule = progress, every, schedule
+        self.total, self.total_updates, self.show = total_examples, total_updates, show
         self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
-        self.t_first, self.estimated = None, False
+        self.t_first, self.estimated, self.epoch = None, False, None
 
     def on_train_begin(self, logs=None):
         self.step = int(self.model.optimizer.iterations)  # then counted here: no variable read per update
+        self.examples = self.progress.examples_before
+        self.t_window, self.updates_window, self.examples_window = time.perf_counter(), 0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.t_epoch = self.t_window = time.perf_counter()
-        self.updates_epoch = self.updates_window = 0
+        if epoch != self.epoch:  # (an epoch may take several fit calls when the batch adapts)
+            self.epoch, self.t_epoch = epoch, time.perf_counter()
+            self.examples_epoch = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.k:
+        if (batch + 1) % self.progress.k:
             return
-        now = time.perf_counter()
-        self.updates_epoch += 1
+        now, b = time.perf_counter(), self.progress.batch
         self.updates_window += 1
+        self.examples += b
+        self.examples_epoch += b
+        self.examples_window += b
         self.step = step = self.step + 1
+        if self.writer is not None:
+            with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
+                tf.summary.scalar("step/batch_size", b, description="global batch of this update (examples, all workers)")
+                tf.summary.scalar("step/examples", self.examples, description="examples seen after this update")
         if self.t_first is None:  # the first update includes tracing and compilation
-            self.t_first, self.step_first = now, step
-        elif self.show and not self.estimated and (step - self.step_first >= 3 or now - self.t_first > 30):
-            per_update = (now - self.t_first) / (step - self.step_first)
-            print(f"estimated time for the run: {_clock(per_update * (self.total - step))} left "
-                  f"({per_update:.2f} s per update, {self.total - step} updates to go)", flush=True)
+            self.t_first, self.examples_first = now, self.examples
+        elif self.show and not self.estimated and (self.examples - self.examples_first >= 3 * b or now - self.t_first > 30):
+            rate = (self.examples - self.examples_first) / (now - self.t_first)
+            to_go = (f"{self.total_updates - step} updates to go" if self.total_updates else
+                     f"{self.total - self.examples} examples to go")
+            print(f"estimated time for the run: {_clock((self.total - self.examples) / rate)} left "
+                  f"({b / rate:.2f} s per update, {to_go})", flush=True)
             self.estimated = True
         if self.updates_window < self.every:
             return
-        rate = self.updates_window * self.global_batch / (now - self.t_window)
+        rate = self.examples_window / (now - self.t_window)
         lr = lr_used(self.schedule, self.model.optimizer)
         if self.writer is not None:
-            with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
+            with self.writer.as_default(step=step), tf.summary.record_if(True):
                 tf.summary.scalar("step/learning_rate", lr)
                 tf.summary.scalar("step/examples_per_sec", rate)
                 for k, v in (logs or {}).items():
                     tf.summary.scalar(f"step/{k}", float(v))
             self.writer.flush()
         if self.show:
-            seconds_left = max(self.total - step, 0) * (now - self.t_window) / self.updates_window
             shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
-            print(f"epoch {self.epoch + 1} update {step}/{self.total}: {shown} lr {lr:.4g} {rate:.0f} ex/s "
-                  f"ETA {_clock(seconds_left)}", flush=True)
-        self.t_window, self.updates_window = now, 0
+            of = f"/{self.total_updates}" if self.total_updates else ""
+            print(f"epoch {self.epoch + 1} update {step}{of}: {shown} B {b} lr {lr:.4g} {rate:.0f} ex/s "
+                  f"ETA {_clock(max(self.total - self.examples, 0) / rate)}", flush=True)
+        self.t_window, self.updates_window, self.examples_window = now, 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = lr_used(self.schedule, self.model.optimizer)  # the last update's
-            logs["examples_per_sec"] = self.updates_epoch * self.global_batch / (time.perf_counter() - self.t_epoch)
+            logs["examples_per_sec"] = self.examples_epoch / (time.perf_counter() - self.t_epoch)
+            logs["examples"] = float(self.examples)
 
 
 class DiagnosticsLogger(keras.callbacks.Callback):
@@ -129,7 +152,7 @@ class DiagnosticsLogger(keras.callbacks.Callback):
             hists = {k: d[k] for k in getattr(inner, "per_variable_diagnostics", ())}
         if not getattr(inner, "normalized", False):
             scalars["effective_lr"] = lr / (1.0 - beta)  # momentum SGD
-            scalars["temperature"] = lr / (self.global_batch * (1.0 - beta))
+            scalars["temperature"] = lr / (_batch(self.global_batch) * (1.0 - beta))
         if getattr(opt, "dynamic_loss_scale", False):  # float16: the scale and the overflowed updates skipped
             scalars["loss_scale"] = float(opt.loss_scale.numpy())
             scalars["overflow_skips"] = float(opt.skipped_steps.numpy())

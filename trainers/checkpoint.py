@@ -3,8 +3,9 @@
 A checkpoint is a directory `ckpt-EEEEE/` (E = epochs completed), or `ckpt-EEEEE-UUUUUUU/`
 within an epoch (U = updates done in epoch E + 1), holding `model.weights.h5`,
 `optimizer.npz` and `state.json`. A checkpoint within an epoch also holds the epoch's
-running metric sums and the updates done (`step_in_epoch`): the data position, since each
-epoch's order is a pure function of (seed, epoch). It is written under a temporary
+running metric sums, the updates done in it (`step_in_epoch`) and the micro-batches
+(`micro_in_epoch`): the data position, since each epoch's order is a pure function of
+(seed, epoch). With `--batch-size auto` it also holds the batch adapter's state. It is written under a temporary
 name and renamed into place only when complete, so a crash while saving leaves the
 previous checkpoints intact; stale temporaries are removed by the next save.
 """
@@ -119,57 +120,61 @@ class CheckpointCallback(keras.callbacks.Callback):
     """Saves every `every` epochs (and at the end), and within epochs every `every_steps`
     updates or `every_minutes`. Construct it on rank 0 only.
 
-    Keras counts micro-batches: an update ends after every `micro_batches` of them. The
-    engine calls `segment(start, end)` before each `fit`: its first epoch begins at
-    update `start`, its last one ends at update `end` (< updates_per_epoch when the
-    invocation stops mid-epoch: that epoch is saved as a checkpoint within it)."""
+    `progress` is the engine's `trainers.segments.Progress`: where the `fit` in flight
+    starts, with how many micro-batches per update, whether it runs to its epoch's end and
+    whether the invocation stops after it (then its end is saved as a checkpoint within the
+    epoch). A checkpoint within an epoch records the updates done in it (`step_in_epoch`,
+    its name) and the micro-batches (`micro_in_epoch`, the data position). `state(updates)`
+    adds what the engine wants saved, given the updates done in the `fit` so far."""
 
-    def __init__(self, run_dir, every=1, keep=3, extra=None, history=None, micro_batches=1, updates_per_epoch=1,
-                 every_steps=0, every_minutes=0.0):
+    def __init__(self, run_dir, progress, every=1, keep=3, extra=None, history=None, every_steps=0, every_minutes=0.0,
+                 state=None):
         super().__init__()
-        self.run_dir, self.every, self.keep, self.extra = run_dir, every, keep, extra or {}
+        self.run_dir, self.progress, self.every, self.keep, self.extra = run_dir, progress, every, keep, extra or {}
         self.history = {k: list(v) for k, v in (history or {}).items()}  # epochs before a resume
-        self.k, self.updates_per_epoch = micro_batches, updates_per_epoch
         self.every_steps, self.every_seconds = every_steps, every_minutes * 60
-        self.start, self.end, self.first, self.epoch = 0, updates_per_epoch, True, 0
+        self.state = state or (lambda updates: {})
+        self.epoch, self.in_fit = 0, 0
         self.last_save = time.monotonic()
 
-    def segment(self, start, end):
-        self.start, self.end, self.first = start, end, True
+    def on_train_begin(self, logs=None):
+        self.in_fit = 0  # updates done in this fit
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        if not self.first:
-            self.start = 0
-        self.first = False
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.k:
+        seg = self.progress.segment
+        if (batch + 1) % seg.k:
             return  # inside an update's accumulation
-        step = self.start + (batch + 1) // self.k  # updates done in this epoch
+        self.in_fit += 1
+        step, micro = self.progress.position(self.epoch, batch)
         due = (self.every_steps and step % self.every_steps == 0) or \
             (self.every_seconds and time.monotonic() - self.last_save >= self.every_seconds)
-        if due and step < min(self.end, self.updates_per_epoch):  # an epoch's end is saved by on_epoch_end
-            self._save(self.epoch, step)
+        ends_fit = batch + 1 == seg.steps and self.epoch + 1 == seg.epochs
+        if due and not (batch + 1 == seg.steps and seg.closes) and not (ends_fit and seg.last):
+            self._save(self.epoch, step, micro)  # (an epoch's end and the invocation's stop: on_epoch_end)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.end < self.updates_per_epoch and self.params.get("epochs") == epoch + 1:
-            self._save(epoch, self.end)  # the invocation stops inside this epoch
+        seg = self.progress.segment
+        if not seg.closes and epoch + 1 == seg.epochs:
+            if seg.last:  # the invocation stops inside this epoch
+                self._save(epoch, *self.progress.position(epoch, seg.steps - 1))
             return
         done = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
         for k, v in logs.items():  # every epoch's logs so far travel in the checkpoint
             self.history[k] = self.history.get(k, [])[:epoch] + [v]
-        if done % self.every == 0 or done == self.params.get("epochs"):  # (fit's epochs: includes --stop-after)
+        if done % self.every == 0 or (epoch + 1 == seg.epochs and seg.last):
             save(self.run_dir, self.model, self.model.optimizer, done, self.keep,
-                 {**self.extra, "logs": logs, "history": self.history})
+                 {**self.extra, **self.state(self.in_fit), "logs": logs, "history": self.history})
             self.last_save = time.monotonic()
 
-    def _save(self, epoch, step):
+    def _save(self, epoch, step, micro):
         metrics = [v.numpy().tolist() for v in metric_variables(self.model)]
         save(self.run_dir, self.model, self.model.optimizer, epoch, self.keep,
-             {**self.extra, "history": {k: v[:epoch] for k, v in self.history.items()}, "epoch_metrics": metrics},
-             step=step)
+             {**self.extra, **self.state(self.in_fit), "history": {k: v[:epoch] for k, v in self.history.items()},
+              "epoch_metrics": metrics, "micro_in_epoch": micro}, step=step)
         self.last_save = time.monotonic()
 
 

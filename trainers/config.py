@@ -22,11 +22,23 @@ DATASETS = ("cifar10", "cifar100", "imagenet", "synthetic")
 CIFAR_DEPTHS_HINT = "6n+2 (20, 32, 44, 56, 110) for 32x32 input, 18/34/50 for ImageNet-size input"
 
 
-def knob(default, why, tasks=BOTH, choices=None, default_factory=None):
-    meta = {"help": why, "tasks": tasks, "choices": choices}
+def knob(default, why, tasks=BOTH, choices=None, default_factory=None, parse=None):
+    meta = {"help": why, "tasks": tasks, "choices": choices, "parse": parse}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def batch_size_arg(text):
+    """`--batch-size`: a positive integer or `auto`."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto'. Received: {text!r}") from None
 
 
 @dataclass
@@ -35,7 +47,26 @@ class Config:
     optimizer: str = knob("sngm", "what the paper compares: momentum SGD with L2 as in PyTorch (msgd), SNGM, "
                           "block-wise SNGM, LARS, Adam (L2 in the gradient, as torch.optim.Adam), LAMB (Keras' "
                           "Lamb, decoupled decay)", choices=OPTIMIZERS)
-    batch_size: int = knob(4096, "global batch B over all workers: the quantity being scaled")
+    batch_size: int = knob(4096, "global batch B over all workers: the quantity being scaled; 'auto' grows it with "
+                           "the measured gradient noise scale B_simple (--batch-min .. --batch-max)", parse=batch_size_arg)
+    batch_min: int = knob(0, "with --batch-size auto, the starting batch (required): a multiple of workers x "
+                          "micro-batch, at least two micro-batches over all workers (the noise scale needs two batch "
+                          "sizes); the lr schedule is that of a fixed batch of this size, followed in examples")
+    batch_max: int = knob(0, "with --batch-size auto, the largest batch (required; a multiple of workers x micro-batch)")
+    adapt_every: int = knob(50, "with --batch-size auto, updates between decisions. The rule: no decision while the "
+                            "noise estimate is unresolved (|G|^2 <= 0) or holds under 20 updates; target = "
+                            "--adapt-factor x B_simple; the batch only grows, only when the target is >= 10% above "
+                            "it, at most doubling per decision, rounded down to a multiple of workers x micro-batch "
+                            "and clipped to [--batch-min, --batch-max]")
+    adapt_factor: float = knob(1.0, "with --batch-size auto, target batch = c x B_simple (1: the critical batch, "
+                               "where a larger batch stops saving updates; McCandlish et al. 2018)")
+    lr_scaling: str = knob("default", "with --batch-size auto, how msgd, adam and lamb scale the lr with S = B / "
+                           "--batch-min: linear S, sqrt sqrt(S), or adascale r = (s2 + m2)/(s2/S + m2) from the same "
+                           "noise estimates (sqrt(r) for adam and lamb). default = adascale for those three: r is S "
+                           "while B is below the noise scale and falls towards 1 above it, so it never over-scales "
+                           "as linear does past the critical batch; none for sngm, block_sngm and lars, whose step "
+                           "length lr*||u|| <= lr/(1-beta) does not depend on B (they refuse any other)",
+                           choices=("default", "none", "linear", "sqrt", "adascale"))
     micro_batch: int = knob(128, "examples per worker per forward pass; B/(workers x micro-batch) are accumulated "
                             "(the paper: 128)")
     lr: float = knob(1.6, "peak learning rate for the global batch (SNGM's step length is lr*||u|| <= lr/(1-beta))")
@@ -142,6 +173,34 @@ TASK_DEFAULTS = {
 }
 
 
+def adaptive(cfg):
+    return cfg.batch_size == "auto"
+
+
+LR_SCALED = ("msgd", "adam", "lamb")  # the optimizers whose step length grows with the gradient's size
+
+
+def lr_gain(lr_scaling, optimizer):
+    """The `--lr-scaling` an optimizer takes: `default` is adascale for msgd, adam and lamb,
+    none for the normalized ones; anything but none on a normalized optimizer is refused."""
+    if lr_scaling == "default":
+        return "adascale" if optimizer in LR_SCALED else "none"
+    if lr_scaling != "none" and optimizer not in LR_SCALED:
+        raise ValueError(f"--lr-scaling {lr_scaling} is for {', '.join(LR_SCALED)}: {optimizer} keeps its learning "
+                         f"rate when the batch grows (its step length lr*||u|| <= lr/(1-beta) does not depend on B). "
+                         f"Received: {lr_scaling!r}")
+    return lr_scaling
+
+
+def workers_from_env():
+    """The number of processes horovodrun started (its environment), 1 outside it: known
+    before Horovod or TensorFlow is imported, for the checks that need it."""
+    for name in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
 def fields_of(task):
     return [f for f in dataclasses.fields(Config) if task in f.metadata["tasks"]]
 
@@ -169,7 +228,7 @@ def add_flags(parser, task):
         elif isinstance(default, list):
             parser.add_argument(flag(f.name), type=int, nargs="+", **kw)
         else:
-            parser.add_argument(flag(f.name), type=type(default), **kw)
+            parser.add_argument(flag(f.name), type=f.metadata["parse"] or type(default), **kw)
 
 
 def from_args(args, task):
@@ -186,7 +245,8 @@ def validate(cfg, task):
     def finite(x):
         return isinstance(x, (int, float)) and math.isfinite(x)
 
-    for name in ("batch_size", "micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
+    _check_adaptive(cfg, need, finite)
+    for name in ("micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
                  "steps_per_execution"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
     for name in ("steps_per_epoch", "stop_after", "stop_after_updates", "keep", "diagnostics_every", "seed",
@@ -239,6 +299,36 @@ def validate(cfg, task):
             need(getattr(cfg, name) >= 1, name, "must be >= 1")
         need(bool(cfg.hidden) and all(h >= 1 for h in cfg.hidden), "hidden", "must be one or more widths >= 1")
         need(finite(cfg.dropout) and 0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
+
+
+def _check_adaptive(cfg, need, finite):
+    """--batch-size auto and its knobs (the worker count from horovodrun's environment)."""
+    if not adaptive(cfg):
+        need(cfg.batch_size >= 1, "batch_size", "must be >= 1 or 'auto'")
+        for name in ("batch_min", "batch_max"):
+            need(not getattr(cfg, name), name, "is used only with --batch-size auto")
+        need(cfg.lr_scaling == "default", "lr_scaling", "is used only with --batch-size auto (a fixed batch keeps "
+             "--lr as given)")
+        return
+    from trainers import batch_adapter
+
+    for name in ("batch_min", "batch_max"):
+        need(getattr(cfg, name) >= 1, name, "is required with --batch-size auto (a positive number of examples)")
+    need(cfg.micro_batch >= 1, "micro_batch", "must be >= 1")
+    need(cfg.adapt_every >= 1, "adapt_every", "must be >= 1")
+    need(finite(cfg.adapt_factor) and cfg.adapt_factor > 0, "adapt_factor", "must be a positive number")
+    try:
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers_from_env(), cfg.micro_batch)
+        lr_gain(cfg.lr_scaling, cfg.optimizer)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    for name, why in (("elastic", "the elastic loop keeps the global batch fixed while workers come and go; "
+                       "an adaptive batch on top of a changing worker count is not supported"),
+                      ("steps_per_epoch", "an epoch is a pass over the data, whose updates depend on the batch"),
+                      ("steps_per_execution", "the micro-batches per update change with the batch")):
+        value = getattr(cfg, name)
+        need(not value or (name == "steps_per_execution" and value == 1), name, f"cannot be combined with "
+             f"--batch-size auto: {why}")
 
 
 def _glob(pattern):

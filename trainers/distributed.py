@@ -69,6 +69,18 @@ def broadcast_object(obj, root_rank=0):
     return hvd.broadcast_object(obj, root_rank=root_rank) if _on() else obj  # HVD
 
 
+def agreed(obj, what):
+    """Raises RuntimeError unless every process holds the same `obj`; returns the number of
+    processes that agreed."""
+    if not _on():
+        return 1
+    seen = hvd.allgather_object(obj)  # HVD
+    if any(other != seen[0] for other in seen):
+        differing = [r for r, other in enumerate(seen) if other != seen[0]]
+        raise RuntimeError(f"the workers disagree on {what}: ranks {differing} differ from rank 0")
+    return len(seen)
+
+
 def allreduce_mean(values, name=None):
     """Averages a list of float scalars over processes (returns Python floats)."""
     if not _on():
@@ -140,6 +152,11 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             (SNGM's norm included) sees the unscaled average. Defaults to `False`.
         initial_scale: the first loss scale. Defaults to `2**15`.
         growth_interval: finite updates before the scale doubles. Defaults to `2000`.
+        adaptive: the batch may change between `fit` calls (`--batch-size auto`, see
+            trainers/batch_adapter.py). The micro-batches per update are then a variable
+            (`set_accumulation_steps`), so the traced train function stays valid, and
+            `examples` counts the examples of all updates so far (what the learning-rate
+            schedule follows). Defaults to `False`.
         name: String. Defaults to `None`.
 
     References:
@@ -149,7 +166,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, inner_optimizer, accumulation_steps=1, compression="none", sparse_as_dense=False,
                  micro_batch_size=None, noise_ema=0.95, skip_nonfinite=False, dynamic_loss_scale=False,
-                 initial_scale=2.0**15, growth_interval=2000, name=None):
+                 initial_scale=2.0**15, growth_interval=2000, adaptive=False, name=None):
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise ValueError(f"`inner_optimizer` must be a keras.optimizers.Optimizer. Received: inner_optimizer={inner_optimizer!r}")
         if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -172,14 +189,19 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
                              f"initial_scale={initial_scale!r}, growth_interval={growth_interval!r}")
         self.dynamic_loss_scale = bool(dynamic_loss_scale)
         self.initial_scale, self.growth_interval = float(initial_scale), int(growth_interval)
+        self.adaptive = bool(adaptive)
 
     def build(self, var_list):
         if self.built:
             return
         self.inner_optimizer.build(var_list)
-        if self.accumulation_steps > 1:
+        if self.accumulation_steps > 1 or self.adaptive:
             self.micro_step = self.add_variable(shape=(), dtype="int64", name="micro_step")
             self.accumulators = self.add_optimizer_variables(var_list, "accumulator")
+        if self.adaptive:  # the batch of the next update, and the examples of all updates so far
+            self.accumulation = self.add_variable(shape=(), dtype="int64", name="accumulation",
+                                                  initializer=keras.initializers.Constant(self.accumulation_steps))
+            self.examples = self.add_variable(shape=(), dtype="int64", name="examples")
         # Micro-batch gradients per update over all workers: the noise-scale ratio B_b/B_s.
         # The noise state exists whenever asked for, so checkpoints do not depend on the
         # number of workers; it is updated only when there are two batch sizes (ratio > 1).
@@ -198,7 +220,29 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         """The state worth saving: the inner optimizer's and the noise-scale EMAs. The
         accumulators and counters are zero at update boundaries and depend on the number
         of workers, so they are left out: a run can resume on another worker count."""
-        return self.inner_optimizer.variables + (self.noise.state_variables() if self.noise else [])
+        return (self.inner_optimizer.variables + (self.noise.state_variables() if self.noise else [])
+                + ([self.examples] if self.adaptive else []))
+
+    def set_accumulation_steps(self, k):
+        """Micro-batches per worker in each following update (`adaptive` only). Call it
+        between `fit` calls, at an update boundary; the train function is not retraced."""
+        if not self.adaptive:
+            raise ValueError("set_accumulation_steps needs DistributedOptimizer(adaptive=True)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"`k` must be an int >= 1. Received: k={k!r}")
+        if int(self.micro_step.numpy()):
+            raise ValueError(f"set_accumulation_steps({k}) inside an update ({int(self.micro_step.numpy())} "
+                             f"micro-batches accumulated): call it at an update boundary")
+        self.accumulation_steps = k
+        self.accumulation.assign(k)
+
+    def _k(self):
+        """Micro-batches per worker in this update: a variable when the batch adapts."""
+        return self.accumulation if self.adaptive else self.accumulation_steps
+
+    def batch_size(self):
+        """The global batch of an update now (examples over all workers)."""
+        return self.accumulation_steps * size() * (self.micro_batch_size or 1)
 
     @property
     def variables(self):
@@ -214,34 +258,55 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
         if self.dynamic_loss_scale:  # unscaled at once: accumulators and noise scale see true gradients
             grads = [_scaled(g, 1.0 / self.loss_scale) for g in grads]
-        if self.noise and self._ratio > 1:
+        if self.noise and (self._ratio > 1 or self.adaptive):
             self.noise.add_micro(grads)
-        if self.accumulation_steps == 1:
+        if self.accumulation_steps == 1 and not self.adaptive:
             self._update(grads, variables)
             return
         accs = [self.accumulators[self._get_variable_index(v)] for v in variables]
         for acc, g in zip(accs, grads):
             acc.assign_add(tf.convert_to_tensor(g))
         self.micro_step.assign_add(1)
+        k = self._k()
 
         def update():
-            self._update([acc / self.accumulation_steps for acc in accs], variables)
+            self._update([acc / tf.cast(k, acc.dtype) for acc in accs], variables)
             for acc in accs:
                 acc.assign(tf.zeros_like(acc))
+            self.micro_step.assign(0)
             return tf.constant(True)
 
-        tf.cond(self.micro_step % self.accumulation_steps == 0, update, lambda: tf.constant(False))
+        tf.cond(self.micro_step >= tf.cast(k, tf.int64), update, lambda: tf.constant(False))
 
     def _update(self, grads, variables):
         """Averages `grads` (this worker's mean over its micro-batches) over workers and
         steps the inner optimizer once."""
-        if not (self.noise and self._ratio > 1):
+        if not (self.noise and (self._ratio > 1 or self.adaptive)):
             self._step_inner(allreduce_gradients(grads, self.compression, self.sparse_as_dense), variables)
+            self._count_examples()
             return
-        small = self.noise.local_mean(self.accumulation_steps)  # travels in the gradients' allreduce
+        k = self._k()
+        small = self.noise.local_mean(tf.cast(k, tf.float32))  # travels in the gradients' allreduce
         reduced = allreduce_gradients(grads + [tf.reshape(small, [1])], self.compression, self.sparse_as_dense)
-        self.noise.update(reduced[-1][0], reduced[:-1])
+        if self.adaptive:  # an epoch's last update may hold a single micro-batch gradient in all: no estimate
+            ratio = k * size()
+            tf.cond(ratio >= 2, lambda: self._estimate(reduced, ratio), self._no_estimate)
+        else:
+            self.noise.update(reduced[-1][0], reduced[:-1])
         self._step_inner(reduced[:-1], variables)
+        self._count_examples()
+
+    def _estimate(self, reduced, ratio):
+        self.noise.update(reduced[-1][0], reduced[:-1], micro_batches=ratio)
+        return tf.constant(True)
+
+    def _no_estimate(self):
+        self.noise.discard_micro()
+        return tf.constant(False)
+
+    def _count_examples(self):
+        if self.adaptive:  # after the step: the schedule read the examples before this update
+            self.examples.assign_add(self.accumulation * (size() * (self.micro_batch_size or 1)))
 
     def _step_inner(self, grads, variables):
         """Steps the inner optimizer on the averaged gradient. With `skip_nonfinite` or the
@@ -274,9 +339,9 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         """{"g2", "trace"} (EMAs, bias-corrected), "b_simple" (the critical batch size
         estimate), "diversity_bound" (Yin et al.'s n * Delta), "batch" (B in use);
         or None when off (no micro_batch_size, or one micro-batch per update in all)."""
-        if not self.noise or self._ratio < 2:
+        if not self.noise or (self._ratio < 2 and not self.adaptive):
             return None
-        return self.noise.result()
+        return {**self.noise.result(), "batch": self.batch_size()}
 
     @property
     def learning_rate(self):
@@ -311,6 +376,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             "dynamic_loss_scale": self.dynamic_loss_scale,
             "initial_scale": self.initial_scale,
             "growth_interval": self.growth_interval,
+            "adaptive": self.adaptive,
         }
 
     @classmethod

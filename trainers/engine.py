@@ -9,7 +9,7 @@ import warnings
 
 import keras
 
-from trainers import checkpoint, config, distributed, recipes, xla_step
+from trainers import batch_adapter, checkpoint, config, distributed, lr_scaling, recipes, segments, tb_layout, xla_step
 from trainers.callbacks import DiagnosticsLogger, ProgressLogger
 from trainers.guard import Diverged, DivergenceGuard
 
@@ -59,25 +59,33 @@ def train(cfg, task_cls):
 
         tf.config.experimental.enable_op_determinism()
     size = distributed.size()
-    k = check_batch(cfg.batch_size, size, cfg.micro_batch)
+    auto = config.adaptive(cfg)
+    if auto:  # the real worker count (validate read horovodrun's environment)
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, size, cfg.micro_batch)
+    batch = cfg.batch_min if auto else cfg.batch_size  # the batch of the first update
+    k = check_batch(batch, size, cfg.micro_batch)
     task = task_cls(cfg)
     if hasattr(task, "updates_per_epoch"):  # streamed data: what every worker's shard can fill
-        updates_per_epoch = task.updates_per_epoch(cfg.batch_size, cfg.micro_batch, size)
+        updates_per_epoch = task.updates_per_epoch(batch, cfg.micro_batch, size)
     else:
-        updates_per_epoch = task.num_train // cfg.batch_size
+        updates_per_epoch = task.num_train // batch
     if cfg.steps_per_epoch > updates_per_epoch >= 1:  # an epoch is a pass over the data: resume and elastic rely on it
         raise ValueError(f"--steps-per-epoch {cfg.steps_per_epoch} is more than the {updates_per_epoch} updates one "
-                         f"pass over the training data gives at --batch-size {cfg.batch_size}")
+                         f"pass over the training data gives at --batch-size {batch}")
     updates_per_epoch = cfg.steps_per_epoch or updates_per_epoch
     if updates_per_epoch < 1:
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {task.num_train} training examples.")
-    task.micro_steps_per_epoch = updates_per_epoch * k
+        raise ValueError(f"--{'batch-min' if auto else 'batch-size'} {batch} is larger than the {task.num_train} "
+                         f"training examples.")
+    task.micro_steps_per_epoch = updates_per_epoch * k  # an epoch, in micro-batches per worker
     lr = cfg.lr * (size if cfg.scale_lr else 1)  # linear scaling with the number of workers
     schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
                                 int(cfg.warmup_epochs * updates_per_epoch),
                                 step_boundaries=[e / cfg.epochs for e in cfg.step_epochs] or (0.5, 0.75),
                                 updates_per_epoch=updates_per_epoch if cfg.lr_per_epoch else 0,
                                 warmup_start=cfg.warmup_start)
+    if auto:  # the same schedule, followed in examples (updates of --batch-min), times the lr gain
+        schedule = lr_scaling.ExamplesSchedule(schedule, batch, config.lr_gain(cfg.lr_scaling, cfg.optimizer),
+                                               cfg.optimizer)
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
                               diagnostics_every=cfg.diagnostics_every)
     if k % cfg.steps_per_execution:
@@ -87,7 +95,12 @@ def train(cfg, task_cls):
     opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
                                            micro_batch_size=cfg.micro_batch,
                                            skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer in recipes.APPLY_NONFINITE,
-                                           dynamic_loss_scale=cfg.precision == "mixed_float16")
+                                           dynamic_loss_scale=cfg.precision == "mixed_float16", adaptive=auto)
+    adapter = None
+    if auto:
+        schedule.bind(opt)
+        adapter = batch_adapter.BatchAdapter(cfg.batch_min, cfg.batch_max, size * cfg.micro_batch, cfg.adapt_every,
+                                             cfg.adapt_factor, task.micro_steps_per_epoch)
 
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)  # the weights stay float32 under either mixed policy
@@ -96,24 +109,32 @@ def train(cfg, task_cls):
     opt.build(model.trainable_variables)
 
     run_dir = cfg.logdir
-    first_epoch, start, past, epoch_metrics = 0, 0, {}, None
+    first_epoch, start, rounds, past, epoch_metrics, adapted = 0, 0, 0, {}, None, None
     if cfg.resume:
         path = checkpoint.latest(run_dir) if rank == 0 else None
         if rank == 0 and path:
             state = checkpoint.restore(path, model, opt)
             first_epoch, start, past = state["epoch"], state.get("step_in_epoch", 0), state.get("history", {})
-            epoch_metrics = state.get("epoch_metrics")
+            rounds = state.get("micro_in_epoch", start * k)
+            epoch_metrics, adapted = state.get("epoch_metrics"), state.get("batch_adapter")
         elif rank == 0 and cfg.verbose:
             print(f"--resume: no checkpoint in {run_dir}: starting from scratch", flush=True)
         # HVD: every rank resumes at rank 0's position, and with rank 0's running metric sums of the
         # epoch (so an epoch resumed mid-way logs rank 0's partial sums on every rank)
-        first_epoch, start, epoch_metrics = distributed.broadcast_object((first_epoch, start, epoch_metrics))
+        first_epoch, start, rounds, epoch_metrics, adapted = distributed.broadcast_object(
+            (first_epoch, start, rounds, epoch_metrics, adapted))
         if start and cfg.elastic:
             raise ValueError(f"{path} was saved within an epoch (update {start}); --elastic resumes from epoch ends "
                              f"only: resume without --elastic to the epoch's end first")
+    if adapted:
+        adapter.load(adapted)
     resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
                 "updates_per_epoch": updates_per_epoch, "effective_lr": lr, "parameters": model.count_params(),
                 "first_epoch": first_epoch, "first_update_in_epoch": start, **task.describe()}
+    if auto:
+        resolved.update(lr_scaling=schedule.gain, micro_batches_per_epoch=task.micro_steps_per_epoch,
+                        micro_batches_per_update="varies with the batch", updates_per_epoch="varies with the batch",
+                        updates_per_epoch_at_batch_min=updates_per_epoch)
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -126,58 +147,90 @@ def train(cfg, task_cls):
     if cfg.elastic:  # HVD: workers may leave and join; see trainers/elastic.py
         return _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past)
 
-    callbacks = [distributed.BroadcastCallback(), distributed.MetricAverageCallback(),  # HVD
-                 ProgressLogger(run_dir, cfg.batch_size, k, cfg.log_every, write=rank == 0, schedule=schedule,
-                                total_updates=updates_per_epoch * cfg.epochs, show=cfg.verbose and rank == 0)]
+    progress = segments.Progress(cfg.micro_batch, size)
+    every_segment = [ProgressLogger(run_dir, progress, cfg.log_every, write=rank == 0, schedule=schedule,
+                                    total_examples=updates_per_epoch * batch * cfg.epochs,
+                                    total_updates=0 if auto else updates_per_epoch * cfg.epochs,
+                                    show=cfg.verbose and rank == 0)]
     if cfg.diagnostics_every:
-        callbacks.append(DiagnosticsLogger(run_dir, cfg.batch_size, cfg.diagnostics_every, write=rank == 0,
-                                           schedule=schedule))
-    callbacks.append(DivergenceGuard(k))  # after metric averaging, before the checkpoint
-    if start:
-        callbacks.append(checkpoint.RestoreEpochMetrics(epoch_metrics))
-    ckpt = None
+        every_segment.append(DiagnosticsLogger(run_dir, progress, cfg.diagnostics_every, write=rank == 0,
+                                               schedule=schedule))
+    every_segment.append(DivergenceGuard(progress))  # after metric averaging, before the checkpoint
+    updates_before = [adapter.updates_done() if adapter else 0]  # before the segment in flight
+
+    def saved_state(updates_in_segment):
+        """The adapter's state, with the segment in flight up to the checkpoint."""
+        if adapter is None:
+            return {}
+        return {"batch_adapter": adapter.state([updates_before[0], updates_in_segment, progress.batch,
+                                                progress.examples_before])}
+
     if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
-        ckpt = checkpoint.CheckpointCallback(run_dir, cfg.ckpt_every, cfg.keep, {"config": resolved}, past,
-                                             micro_batches=k, updates_per_epoch=updates_per_epoch,
-                                             every_steps=cfg.ckpt_every_steps, every_minutes=cfg.ckpt_every_minutes)
-        callbacks += [ckpt,
-                      # Epoch scalars only: Keras' batch-level points count micro-batches, ours
-                      # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
-                      keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False)]
+        every_segment.append(checkpoint.CheckpointCallback(
+            run_dir, progress, cfg.ckpt_every, cfg.keep, {"config": resolved}, past, every_steps=cfg.ckpt_every_steps,
+            every_minutes=cfg.ckpt_every_minutes, state=saved_state))
+        tb_layout.write(os.path.join(run_dir, "train"))
+    closing = [distributed.MetricAverageCallback()]  # HVD: epoch logs averaged before the guard and the checkpoint
+    if rank == 0:
+        # Epoch scalars only: Keras' batch-level points count micro-batches, ours
+        # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
+        closing.append(keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False))
     end_epoch = min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
-    plan = segments(first_epoch, start, end_epoch, updates_per_epoch, cfg.stop_after_updates)
-    seen, complete = {}, True  # the epoch logs of this invocation's complete epochs
+    seen, ran = {}, []  # the epoch logs of this invocation's complete epochs; its segments
+    carry = [epoch_metrics if (start or rounds) else None]  # the running metric sums of an epoch entered mid-way
+
+    def run_segment(seg):
+        """One `fit` call; returns the examples seen after it."""
+        progress.begin(seg, int(opt.examples.numpy()) if auto else int(opt.iterations) * batch)
+        if auto:
+            opt.set_accumulation_steps(seg.k)
+        callbacks = ([distributed.BroadcastCallback()] if not ran else []) + every_segment  # HVD: once, at the start
+        if carry[0] is not None:
+            callbacks.append(checkpoint.RestoreEpochMetrics(carry[0]))
+        if seg.closes:
+            callbacks = closing[:1] + callbacks + closing[1:]
+        ran.append(seg)
+        history = model.fit(
+            task.train_dataset(seg.epoch, rank, size, cfg.micro_batch, start=seg.start),  # HVD: sharded by rank
+            epochs=seg.epochs, initial_epoch=seg.epoch, steps_per_epoch=seg.steps,
+            validation_data=task.eval_dataset() if seg.closes else None, callbacks=callbacks,
+            shuffle=False,  # the datasets shuffle themselves, reproducibly
+            verbose=(2 if cfg.verbose and seg.closes else 0) if rank == 0 else 0)
+        if seg.closes:
+            for key, values in history.history.items():
+                seen.setdefault(key, []).extend(values)
+        carry[0] = None if seg.closes else [v.numpy().tolist() for v in checkpoint.metric_variables(model)]
+        updates_before[0] += seg.steps // seg.k * (seg.epochs - seg.epoch)
+        return int(opt.examples.numpy()) if auto else int(opt.iterations) * batch
+
     try:
-        for begin, stop, first_update, last_update in plan:
-            complete = last_update == updates_per_epoch
-            if ckpt:
-                ckpt.segment(first_update, last_update)
-            history = model.fit(
-                task.train_dataset(begin, rank, size, cfg.micro_batch, start=first_update * k),  # HVD: sharded by rank
-                epochs=stop, initial_epoch=begin, steps_per_epoch=(last_update - first_update) * k,
-                validation_data=task.eval_dataset() if complete else None, callbacks=callbacks,
-                shuffle=False,  # the datasets shuffle themselves, reproducibly
-                verbose=(2 if cfg.verbose else 0) if rank == 0 else 0)
-            if complete:
-                for key, values in history.history.items():
-                    seen.setdefault(key, []).extend(values)
+        if auto:
+            adapter.plan(first_epoch, rounds, start, end_epoch, cfg.stop_after_updates, run_segment, opt.noise_scale)
+        else:
+            for seg in segments.fixed(first_epoch, start, end_epoch, updates_per_epoch, k, cfg.stop_after_updates):
+                run_segment(seg)
     except Diverged as e:
-        current = getattr(getattr(model, "history", None), "history", {}) if complete else {}  # Keras' History
+        current = getattr(getattr(model, "history", None), "history", {}) if ran and ran[-1].closes else {}
         now = {key: seen.get(key, []) + current.get(key, []) for key in set(seen) | set(current)}
         done = {key: past.get(key, [])[:first_epoch] + now.get(key, []) for key in set(past) | set(now)}
         if rank == 0:  # the run ends here for good: the study ranks it last
             _write_results(run_dir, done or {"loss": [math.nan]}, first_epoch,
                            {"diverged": True, "reason": str(e), "epochs": cfg.epochs,
-                            "epochs_done": len(done.get("loss", []))})
+                            "epochs_done": len(done.get("loss", [])), **_counts(opt, adapter, batch)}, adapter)
         raise
+    agreeing = {}
+    if auto:  # HVD: the decisions come from allreduced estimates, so every worker took the same ones
+        agreeing = {"workers_agreeing_on_batches": distributed.agreed(adapter.state(), "the adaptive batch's decisions")}
     if getattr(task, "bad_rows", None) is not None and rank == 0:
         what = "malformed rows (--skip-bad-rows" if task.name == "deepfm" else "undecodable images (--skip-bad-images"
         print(f"skipped {task.bad_rows.count} {what}; each is dropped every time it is read)", flush=True)
+    complete = not ran or ran[-1].closes
     epochs_done = first_epoch + len(seen.get("loss", []))
     final = {k: v[-1] for k, v in seen.items() if k.startswith("val_")}
     test = task.test_dataset()
     if not complete:  # stopped within an epoch (--stop-after-updates): its checkpoint holds the position
-        final["stopped_at"] = {"epoch": epochs_done + 1, "update_in_epoch": plan[-1][3]}
+        final["stopped_at"] = {"epoch": epochs_done + 1,
+                               "update_in_epoch": ran[-1].start_updates + ran[-1].steps // ran[-1].k}
     elif test is not None:  # tuned on validation data: the test set is looked at once, at the end
         if epochs_done == cfg.epochs:
             final.update({f"test_{k}": float(v) for k, v in model.evaluate(test, return_dict=True, verbose=0).items()})
@@ -185,31 +238,18 @@ def train(cfg, task_cls):
         final.update({"test_" + k[4:]: v for k, v in list(final.items())})  # the per-epoch evaluation was the test set
     full = {key: past.get(key, [])[:first_epoch] + seen.get(key, []) for key in set(past) | set(seen)}
     if rank == 0:
-        _write_results(run_dir, full, first_epoch, {**final, "epochs": cfg.epochs, "epochs_done": epochs_done})
+        _write_results(run_dir, full, first_epoch, {**final, "epochs": cfg.epochs, "epochs_done": epochs_done,
+                                                    **_counts(opt, adapter, batch), **agreeing}, adapter)
     return full, model, task
 
 
-def segments(first_epoch, start, end_epoch, updates_per_epoch, max_updates=0):
-    """The `fit` calls that train from update `start` of epoch `first_epoch` to the end of
-    epoch `end_epoch`, or for `max_updates` updates: (initial_epoch, epochs, first update of
-    the first epoch, last update of the last epoch). A call either covers whole epochs or
-    one epoch, entered or left mid-way."""
-    budget = max_updates or math.inf
-    plan, e = [], first_epoch
-    if start and e < end_epoch:
-        n = min(updates_per_epoch - start, budget)
-        plan.append((e, e + 1, start, start + n))
-        budget -= n
-        if start + n < updates_per_epoch:
-            return plan
-        e += 1
-    whole = min(end_epoch - e, budget // updates_per_epoch)
-    if whole > 0:
-        plan.append((e, e + whole, 0, updates_per_epoch))
-        e, budget = e + whole, budget - whole * updates_per_epoch
-    if e < end_epoch and 0 < budget < updates_per_epoch:
-        plan.append((e, e + 1, 0, budget))
-    return plan
+def _counts(opt, adapter, batch):
+    """The updates (allreduce rounds) and examples of the whole run, and with an adaptive
+    batch its trajectory."""
+    if adapter is None:
+        return {"updates": int(opt.iterations), "examples": int(opt.iterations) * batch}
+    return {"updates": adapter.updates_done(), "examples": int(opt.examples.numpy()),
+            "batch_trajectory": adapter.decisions, "final_batch_size": adapter.batch}
 
 
 def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past):
@@ -242,8 +282,11 @@ def _compile(model, opt, task, cfg):
         xla_step.compile_forward_backward(model)
 
 
-def _write_results(run_dir, history, resumed_at, final):
+def _write_results(run_dir, history, resumed_at, final, adapter=None):
+    record = {"first_epoch": 0, "resumed_at": resumed_at, "history": history}
+    if adapter is not None:  # every update's batch: [first update, updates, global batch, examples before]
+        record["batch_runs"] = adapter.runs
     with open(os.path.join(run_dir, "history.json"), "w") as f:  # every epoch, across resumes
-        json.dump({"first_epoch": 0, "resumed_at": resumed_at, "history": history}, f, indent=1)
+        json.dump(record, f, indent=1)
     with open(os.path.join(run_dir, "final.json"), "w") as f:  # written last: marks a finished run
         json.dump(final, f, indent=1)

@@ -28,13 +28,13 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def __init__(self, micro_steps_per_update):
         super().__init__()
-        self.k = micro_steps_per_update
+        self.k = micro_steps_per_update  # an int, or the engine's trainers.segments.Progress (its `k` now)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.k:
+        if (batch + 1) % getattr(self.k, "k", self.k):
             return
         loss = float((logs or {}).get("loss", 0.0))
         bad = not math.isfinite(loss)

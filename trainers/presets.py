@@ -27,10 +27,14 @@ def base_lr(optimizer, batch, task):
             "lamb": 1e-2}[optimizer] * math.sqrt(batch / 1024)
 
 
-def arm(optimizer, batch, lr, flags=(), label=None):
+def arm(optimizer, batch, lr, flags=(), label=None, adaptive_to=None):
     """One (optimizer, batch) cell; `label` names variants of one optimizer (LARS with
-    and without warm-up)."""
-    return {"label": label or optimizer, "optimizer": optimizer, "batch": batch, "lr": lr, "flags": list(flags)}
+    and without warm-up). With `adaptive_to`, the batch is `--batch-size auto` from `batch`
+    (`--batch-min`) to `adaptive_to` (`--batch-max`)."""
+    a = {"label": label or optimizer, "optimizer": optimizer, "batch": batch, "lr": lr, "flags": list(flags)}
+    if adaptive_to:
+        a["batch_max"] = adaptive_to
+    return a
 
 
 def grid(optimizers, batch_sizes, task, lr=None):
@@ -173,3 +177,21 @@ PRESETS["paper-imagenet-32k"] = dict(
     arms=[arm(o, b, round(centre * math.sqrt(b / ref), 4), ["--schedule", "poly", "--power", "2", "--warmup-epochs", "5"])
           for o, centre, ref in (("lars", 16.0, 32768), ("sngm", 0.8, 8192)) for b in (1024, 32768)],
     flags=["--depth", "50", *IMAGENET_COMMON], paper=JOURNAL_T4, paper_inline=True)
+
+# The adaptive batch on cpu-cifar's net, data, epochs and schedule: SNGM at fixed 128 and
+# 512 and growing from 128 to 1024 with the noise scale (--adapt-every 50, factor 1: the
+# critical batch), MSGD at fixed 128 and growing with its default AdaScale gain. Every
+# arm sweeps its lr by the study's rule (x {0.5, 1, 2} on validation, seed 0, up to 4
+# extensions past an edge), centred on the lr cpu-cifar chose for the same optimizer at
+# the same (starting) batch by that rule (to 3 figures); seed 1 runs at the chosen lr. Micro-batches of
+# 64, so that B=128 has two micro-batch gradients per update, the noise scale's minimum
+# (the two-convolution net has no batch normalization: the micro-batch changes only the
+# summation order, not the update).
+CPU_CIFAR_CHOSEN = {("sngm", 128): 0.0707, ("sngm", 512): 0.141, ("msgd", 128): 0.0125}
+PRESETS["cpu-cifar-adaptive"] = dict(
+    PRESETS["cpu-cifar"], micro_batch=64, paper=None,
+    arms=[arm("sngm", 128, CPU_CIFAR_CHOSEN[("sngm", 128)], label="sngm-auto", adaptive_to=1024),
+          arm("sngm", 128, CPU_CIFAR_CHOSEN[("sngm", 128)]),
+          arm("sngm", 512, CPU_CIFAR_CHOSEN[("sngm", 512)]),
+          arm("msgd", 128, CPU_CIFAR_CHOSEN[("msgd", 128)], label="msgd-auto", adaptive_to=1024),
+          arm("msgd", 128, CPU_CIFAR_CHOSEN[("msgd", 128)])])

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from trainers import study_cost
 from trainers.presets import PRESETS, arm, base_lr, micro_batch
 
 
@@ -113,7 +114,7 @@ def sweep(spec, out, a, run_missing=None):
     are trained (`run_missing(lr, seed)`); without, the sweep stops at the first
     unfinished one (for reports of a grid still running)."""
     metric = _metric(spec)
-    lrs = [round(a["lr"] * f, 6) for f in spec["lr_factors"]]
+    lrs = [round(a["lr"] * f, 6) for f in spec["lr_factors"]]  # (the same factors for every arm)
     for extension in range(spec.get("extend_edges", 0) + 1):
         scores = {}
         for lr in lrs:
@@ -150,8 +151,10 @@ def chosen(spec, out, a):
 def run_flags(spec, a, extra=()):
     """The flags of every run of arm `a`: the preset's, the arm's, then the user's."""
     workers = spec.get("np") or spec.get("workers", 1)
+    batch = ["--batch-size", "auto", "--batch-min", str(a["batch"]), "--batch-max", str(a["batch_max"])] \
+        if a.get("batch_max") else ["--batch-size", str(a["batch"])]
     return [*spec["flags"], "--micro-batch", str(micro_batch(a["batch"], workers, spec.get("micro_batch", 128))),
-            *a["flags"], *extra, "--optimizer", a["optimizer"], "--batch-size", str(a["batch"])]
+            *a["flags"], *extra, "--optimizer", a["optimizer"], *batch]
 
 
 def run(spec, out, np_=1, extra=()):
@@ -204,7 +207,9 @@ def report(spec, out):
                              f"val_{metric}": final.get(f"val_{metric}"), f"test_{metric}": final.get(f"test_{metric}"),
                              "test_loss": final.get("test_loss"), "final_train_loss": hist["loss"][-1],
                              "diverged": _score(d, metric) == -math.inf, "wall_seconds": wall,
-                             "sweep": s in sweep_seeds(spec), "selected": lr == best})
+                             "sweep": s in sweep_seeds(spec), "selected": lr == best,
+                             "updates": final.get("updates"), "examples": final.get("examples"),
+                             "batch_max": a.get("batch_max")})
                 for e, loss in enumerate(hist["loss"]):
                     curves.append({"optimizer": a["label"], "batch_size": a["batch"], "lr": lr, "seed": s, "epoch": e + 1,
                                    "train_loss": loss, f"val_{metric}": hist.get(f"val_{metric}", [None] * (e + 1))[e],
@@ -214,6 +219,11 @@ def report(spec, out):
     truth = os.path.join(out, "data", "truth.json")
     best_auc = json.load(open(truth))["best_test_auc"] if os.path.isfile(truth) else None
     table = _markdown(spec, rows, curves, metric, best_auc)
+    if any(a.get("batch_max") for a in arms(spec)):  # the adaptive batch: what it cost, how it moved
+        head, sep, tail = table.partition("\nEvery run")
+        table = head.rstrip("\n") + "\n" + "\n".join(study_cost.lines(rows, metric)) + "\n" + sep + tail
+        study_cost.trajectory_plot(out, rows, lambda r: os.path.join(
+            out, "runs", cell_name(r["optimizer"], r["batch_size"], r["lr"], r["seed"])))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
     _plots(spec, out, rows, curves, metric, best_auc)
