@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python bench/diagnostics_overhead.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/criteo_input.py
 	$(BIN)/python bench/image_input.py
+	$(BIN)/python bench/adaptive_batch.py
 
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar

@@ -3,6 +3,7 @@ protocol (the values below are typed from the paper's text, table by table), and
 schedules they name step as the paper's PyTorch schedulers did."""
 
 import argparse
+import dataclasses
 import math
 
 import numpy as np
@@ -190,3 +191,18 @@ def test_cpu_cifar_adaptive_is_cpu_cifar_with_the_five_arms_of_the_adaptive_stud
                   if r["selected"] == "True"}
     for a, cfg in runs:
         assert a["lr"] == pytest.approx(chosen[(a["optimizer"], a["batch"])], rel=5e-3), a["label"]  # to 3 figures
+
+
+def test_cpu_ctr_adaptive_is_cpu_ctr_with_the_adaptive_arms():
+    spec, runs = resolved("cpu-ctr-adaptive")
+    _, base = resolved("cpu-ctr")
+    ref = base[0][1]
+    arms = {(a["label"], cfg.batch_size, cfg.batch_min, cfg.batch_max) for a, cfg in runs}
+    assert arms == {("sngm", 1024, 0, 0), ("sngm", 8192, 0, 0), ("sngm-auto", "auto", 1024, 8192),
+                    ("msgd", 1024, 0, 0), ("msgd-auto", "auto", 1024, 8192)}
+    for a, cfg in runs:
+        for name in ("epochs", "schedule", "momentum", "weight_decay", "embedding_dim", "hidden", "hash_space"):
+            assert getattr(cfg, name) == getattr(ref, name), name
+        assert cfg.micro_batch == 512 and a["lr"] == 0.01
+        config.validate(dataclasses.replace(cfg, data="synthetic"), "deepfm")  # (the study passes its data)
+    assert spec["data_rows"] == presets.PRESETS["cpu-ctr"]["data_rows"] and spec["lr_factors"] == [0.1, 1.0, 10.0]

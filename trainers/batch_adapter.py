@@ -105,9 +105,13 @@ class BatchAdapter:
         runs = [list(r) for r in self.runs]
         if pending:
             self.record(*pending, runs=runs)
-        return {"batch": self.batch, "decisions": list(self.decisions), "runs": runs, "decided_at": self.decided_at}
+        return {"batch": self.batch, "decisions": list(self.decisions), "runs": runs, "decided_at": self.decided_at,
+                "quantum": self.quantum}
 
     def load(self, state):
+        if state["quantum"] != self.quantum:  # its data position counts micro-batches per worker
+            raise ValueError(f"the checkpoint of this --batch-size auto run was written with workers x micro-batch = "
+                             f"{state['quantum']}, not {self.quantum}: resume it on the same number of workers")
         self.batch, self.decisions = state["batch"], list(state["decisions"])
         self.runs, self.decided_at = [list(r) for r in state["runs"]], state["decided_at"]
 

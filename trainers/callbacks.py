@@ -38,7 +38,8 @@ class ProgressLogger(keras.callbacks.Callback):
     """Learning rate and throughput (examples/s, all workers) to the epoch logs and,
     every `every` updates, to TensorBoard (`<logdir>/train`, tags `step/*`) and, with
     `show`, as a progress line with the estimated time left; after the first updates it
-    prints the estimated time of the whole run. Every update also writes `step/batch_size`
+    prints the estimated time of the whole run; with `epoch_lines` (the run's epochs) each
+    epoch's results too. Every update also writes `step/batch_size`
     and `step/examples` (examples seen so far); the epoch logs get the examples seen by
     the epoch's end (`examples`).
 
@@ -46,17 +47,19 @@ class ProgressLogger(keras.callbacks.Callback):
     batch of its updates); `total_examples` is the run's, for the time left."""
 
     def __init__(self, logdir, progress, every=50, write=True, schedule=None, total_examples=0, total_updates=0,
-                 show=False):
+                 show=False, epoch_lines=0):
         super().__init__()
         self.progress, self.every, self.schedule = progress, every, schedule
         self.total, self.total_updates, self.show = total_examples, total_updates, show
+        self.epoch_lines = epoch_lines  # the run's epochs: print each epoch's results (Keras' own line counts one fit)
         self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
         self.t_first, self.estimated, self.epoch = None, False, None
 
     def on_train_begin(self, logs=None):
         self.step = int(self.model.optimizer.iterations)  # then counted here: no variable read per update
         self.examples = self.progress.examples_before
-        self.t_window, self.updates_window, self.examples_window = time.perf_counter(), 0, 0
+        if self.t_first is None:  # the window runs on across the fit calls of one run
+            self.t_window, self.examples_window = time.perf_counter(), 0
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch != self.epoch:  # (an epoch may take several fit calls when the batch adapts)
@@ -67,7 +70,6 @@ class ProgressLogger(keras.callbacks.Callback):
         if (batch + 1) % self.progress.k:
             return
         now, b = time.perf_counter(), self.progress.batch
-        self.updates_window += 1
         self.examples += b
         self.examples_epoch += b
         self.examples_window += b
@@ -85,7 +87,7 @@ class ProgressLogger(keras.callbacks.Callback):
             print(f"estimated time for the run: {_clock((self.total - self.examples) / rate)} left "
                   f"({b / rate:.2f} s per update, {to_go})", flush=True)
             self.estimated = True
-        if self.updates_window < self.every:
+        if step % self.every:
             return
         rate = self.examples_window / (now - self.t_window)
         lr = lr_used(self.schedule, self.model.optimizer)
@@ -101,13 +103,17 @@ class ProgressLogger(keras.callbacks.Callback):
             of = f"/{self.total_updates}" if self.total_updates else ""
             print(f"epoch {self.epoch + 1} update {step}{of}: {shown} B {b} lr {lr:.4g} {rate:.0f} ex/s "
                   f"ETA {_clock(max(self.total - self.examples, 0) / rate)}", flush=True)
-        self.t_window, self.updates_window, self.examples_window = now, 0, 0
+        self.t_window, self.examples_window = now, 0
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = lr_used(self.schedule, self.model.optimizer)  # the last update's
             logs["examples_per_sec"] = self.examples_epoch / (time.perf_counter() - self.t_epoch)
             logs["examples"] = float(self.examples)
+            if self.epoch_lines and self.progress.segment.closes:
+                shown = " - ".join(f"{k}: {float(v):.4g}" for k, v in logs.items())
+                print(f"epoch {epoch + 1}/{self.epoch_lines} (update {self.step}, last batch "
+                      f"{self.progress.batch}): {shown}", flush=True)
 
 
 class DiagnosticsLogger(keras.callbacks.Callback):

@@ -217,9 +217,10 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         super().build(var_list)
 
     def checkpoint_variables(self):
-        """The state worth saving: the inner optimizer's and the noise-scale EMAs. The
-        accumulators and counters are zero at update boundaries and depend on the number
-        of workers, so they are left out: a run can resume on another worker count."""
+        """The state worth saving: the inner optimizer's, the noise-scale EMAs and, when
+        `adaptive`, the examples seen. The accumulators and counters are zero at update
+        boundaries and depend on the number of workers, so they are left out: a run can
+        resume on another worker count (the batch in use is the engine's to restore)."""
         return (self.inner_optimizer.variables + (self.noise.state_variables() if self.noise else [])
                 + ([self.examples] if self.adaptive else []))
 

@@ -151,7 +151,8 @@ def train(cfg, task_cls):
     every_segment = [ProgressLogger(run_dir, progress, cfg.log_every, write=rank == 0, schedule=schedule,
                                     total_examples=updates_per_epoch * batch * cfg.epochs,
                                     total_updates=0 if auto else updates_per_epoch * cfg.epochs,
-                                    show=cfg.verbose and rank == 0)]
+                                    show=cfg.verbose and rank == 0,
+                                    epoch_lines=cfg.epochs if auto and cfg.verbose and rank == 0 else 0)]
     if cfg.diagnostics_every:
         every_segment.append(DiagnosticsLogger(run_dir, progress, cfg.diagnostics_every, write=rank == 0,
                                                schedule=schedule))
@@ -177,11 +178,22 @@ def train(cfg, task_cls):
         closing.append(keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False))
     end_epoch = min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
     seen, ran = {}, []  # the epoch logs of this invocation's complete epochs; its segments
+    stream = segments.Stream(task, rank, size, cfg.micro_batch)
+    evaluation = []
+
+    def eval_data():  # built once: its cache is kept from one fit call to the next
+        if not evaluation:
+            evaluation.append(task.eval_dataset())
+        return evaluation[0]
+
     carry = [epoch_metrics if (start or rounds) else None]  # the running metric sums of an epoch entered mid-way
+
+    def examples_seen():
+        return int(opt.examples.numpy()) if auto else int(opt.iterations) * batch
 
     def run_segment(seg):
         """One `fit` call; returns the examples seen after it."""
-        progress.begin(seg, int(opt.examples.numpy()) if auto else int(opt.iterations) * batch)
+        progress.begin(seg, examples_seen())
         if auto:
             opt.set_accumulation_steps(seg.k)
         callbacks = ([distributed.BroadcastCallback()] if not ran else []) + every_segment  # HVD: once, at the start
@@ -191,17 +203,17 @@ def train(cfg, task_cls):
             callbacks = closing[:1] + callbacks + closing[1:]
         ran.append(seg)
         history = model.fit(
-            task.train_dataset(seg.epoch, rank, size, cfg.micro_batch, start=seg.start),  # HVD: sharded by rank
+            stream.at(seg.epoch, seg.start),  # HVD: sharded by rank
             epochs=seg.epochs, initial_epoch=seg.epoch, steps_per_epoch=seg.steps,
-            validation_data=task.eval_dataset() if seg.closes else None, callbacks=callbacks,
+            validation_data=eval_data() if seg.closes else None, callbacks=callbacks,
             shuffle=False,  # the datasets shuffle themselves, reproducibly
-            verbose=(2 if cfg.verbose and seg.closes else 0) if rank == 0 else 0)
+            verbose=2 if cfg.verbose and rank == 0 and not auto else 0)  # (auto: ProgressLogger's epoch lines)
         if seg.closes:
             for key, values in history.history.items():
                 seen.setdefault(key, []).extend(values)
         carry[0] = None if seg.closes else [v.numpy().tolist() for v in checkpoint.metric_variables(model)]
         updates_before[0] += seg.steps // seg.k * (seg.epochs - seg.epoch)
-        return int(opt.examples.numpy()) if auto else int(opt.iterations) * batch
+        return examples_seen()
 
     try:
         if auto:

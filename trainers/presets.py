@@ -195,3 +195,13 @@ PRESETS["cpu-cifar-adaptive"] = dict(
           arm("sngm", 512, CPU_CIFAR_CHOSEN[("sngm", 512)]),
           arm("msgd", 128, CPU_CIFAR_CHOSEN[("msgd", 128)], label="msgd-auto", adaptive_to=1024),
           arm("msgd", 128, CPU_CIFAR_CHOSEN[("msgd", 128)])])
+
+# The same on cpu-ctr's planted rows, protocol and 10 epochs: SNGM at fixed 1024 and 8192
+# and growing from 1024 to 8192, MSGD at fixed 1024 and growing (AdaScale gain), each
+# swept over the paper's grid {0.001, 0.01, 0.1} (plus one step past an edge) on seed 0,
+# then seeds 1 and 2 at the chosen lr. Micro-batches of 512: two per update at B=1024.
+PRESETS["cpu-ctr-adaptive"] = dict(
+    PRESETS["cpu-ctr"], micro_batch=512, paper=None,
+    arms=[arm("sngm", 1024, 0.01, label="sngm-auto", adaptive_to=8192), arm("sngm", 1024, 0.01),
+          arm("sngm", 8192, 0.01), arm("msgd", 1024, 0.01, label="msgd-auto", adaptive_to=8192),
+          arm("msgd", 1024, 0.01)])

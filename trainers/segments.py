@@ -90,3 +90,26 @@ def fixed(first_epoch, start, end_epoch, updates_per_epoch, k, max_updates=0):
     plan = update_ranges(first_epoch, start, end_epoch, updates_per_epoch, max_updates)
     return [Segment(begin, stop, first * k, (last - first) * k, k, first, last == updates_per_epoch, i == len(plan) - 1)
             for i, (begin, stop, first, last) in enumerate(plan)]
+
+
+class Stream:
+    """The training data of an invocation, for one worker: `at(epoch, start)` is the
+    dataset of a `fit` that begins at micro-batch `start` of `epoch`. A task whose
+    `train_dataset` takes its position as variables (`position_variables`) builds it once
+    and moves the variables; any other builds it per call."""
+
+    def __init__(self, task, rank, size, micro_batch):
+        self.build = lambda epoch, start: task.train_dataset(epoch, rank, size, micro_batch, start=start)
+        self.position = None
+        if getattr(task, "position_variables", False):
+            import tensorflow as tf
+
+            self.position = [tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2)]
+            self.dataset = self.build(*self.position)
+
+    def at(self, epoch, start):
+        if self.position is None:
+            return self.build(epoch, start)
+        for v, value in zip(self.position, (epoch, start)):
+            v.assign(value)
+        return self.dataset

@@ -328,7 +328,7 @@ def _gaps(spec, rows, metric, batches, scale):
 def _markdown(spec, rows, curves, metric, best_auc):
     batches = sorted({r["batch_size"] for r in rows})
     paper = spec.get("paper")
-    scale = 100 if paper and "%" in paper["metric"] else 1
+    scale = 100 if metric == "accuracy" or (paper and "%" in paper["metric"]) else 1
     n_sweep = len(sweep_seeds(spec))
     lines = [f"Test {metric} (mean ± sd over {len(spec['seeds'])} seed(s)) at the learning rate chosen on the "
              f"validation split ({'seed ' + ', '.join(map(str, sweep_seeds(spec))) if n_sweep < len(spec['seeds']) else 'all seeds'}: "

@@ -98,7 +98,7 @@ def trajectory_plot(out, rows, run_dir):
             ax.plot(xs, ys, "-", color=colour, lw=2, label=f"batch in use, {name}" if first else None)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("examples")
+    ax.set_ylabel("batch and B_simple (examples)")
     ax.set_title("the adaptive batch against the measured noise scale")
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -13,6 +13,7 @@ from trainers.models import deepfm, resnet, twoconv
 
 class ResNetTask:
     name = "resnet"
+    position_variables = True  # train_dataset's first_epoch and start may be variables (trainers/segments.py)
 
     def __new__(cls, cfg):  # `sngm-train resnet --dataset imagenet` streams instead of holding images in memory
         return super().__new__(ImageNetTask if cls is ResNetTask and cfg.dataset == "imagenet" else cls)
@@ -71,6 +72,7 @@ class ResNetTask:
 class ImageNetTask(ResNetTask):
     """ImageNet read from disk as training goes (trainers/data/imagenet.py finds it,
     trainers/data/imagenet_input.py streams it); the ImageNet ResNets at any --image-size."""
+    position_variables = False  # (its epochs are long: one dataset per fit call costs little)
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -233,7 +233,9 @@ def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, siz
     the micro-batches (and augmentations) of one process with the same global batch,
     and a resumed run sees what an uninterrupted one would have. Each epoch yields
     `micro_steps` micro-batches per worker (default: all complete ones); the first
-    `start` of epoch `first_epoch` are skipped (a resume within an epoch).
+    `start` of epoch `first_epoch` are skipped (a resume within an epoch). `first_epoch`
+    and `start` may be variables: they are read when an iterator starts, so one dataset
+    serves every `fit` of a run (no retracing per call).
     """
     n = len(x)
     images = tf.constant(x)
@@ -253,14 +255,15 @@ def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, siz
 
     def epoch(e):
         order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e]))
-        skip = tf.where(tf.equal(e, first_epoch), tf.constant(start, tf.int64), 0)
+        skip = tf.where(tf.equal(e, tf.cast(first_epoch, tf.int64)), tf.cast(start, tf.int64), 0)
         return (tf.data.Dataset.from_tensor_slices(order).enumerate()
                 .filter(lambda j, i: (j // micro_batch) % size == rank)  # micro-batch t -> rank t % size
                 .skip(skip * micro_batch)
                 .map(lambda j, i: make(e, j, i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(micro_batch, drop_remainder=True).take(micro_steps - skip))
 
-    return tf.data.Dataset.range(first_epoch, 2**31).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
+    epochs = tf.data.Dataset.range(2**31).map(lambda i: i + tf.cast(first_epoch, tf.int64))  # (read per iterator)
+    return epochs.flat_map(epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(x, y, num_classes, batch_size):
