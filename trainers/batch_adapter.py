@@ -64,6 +64,12 @@ class BatchAdapter:
         every: updates between decisions.
         factor: target = factor * B_simple.
         rounds_per_epoch: micro-batches per worker in an epoch.
+
+    References:
+        - [McCandlish et al., 2018](https://arxiv.org/abs/1812.06162), "An Empirical Model
+          of Large-Batch Training".
+        - [Qiao et al., 2021](https://www.usenix.org/conference/osdi21/presentation/qiao),
+          "Pollux: Co-adaptive Cluster Scheduling for Goodput-Optimized Deep Learning".
     """
 
     def __init__(self, batch_min, batch_max, quantum, every, factor, rounds_per_epoch):
