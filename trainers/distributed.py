@@ -245,6 +245,11 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         """The global batch of an update now (examples over all workers)."""
         return self.accumulation_steps * size() * (self.micro_batch_size or 1)
 
+    def traced_batch_size(self):
+        """`batch_size()` read from the `adaptive` variable: what a traced step must use (the
+        Python count is fixed at tracing time)."""
+        return self.accumulation * (size() * (self.micro_batch_size or 1))
+
     @property
     def variables(self):
         return self._variables + self.inner_optimizer.variables
@@ -307,7 +312,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
 
     def _count_examples(self):
         if self.adaptive:  # after the step: the schedule read the examples before this update
-            self.examples.assign_add(self.accumulation * (size() * (self.micro_batch_size or 1)))
+            self.examples.assign_add(self.traced_batch_size())
 
     def _step_inner(self, grads, variables):
         """Steps the inner optimizer on the averaged gradient. With `skip_nonfinite` or the

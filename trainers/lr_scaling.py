@@ -97,12 +97,7 @@ class ExamplesSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):  # `step` (the update count) is not what this schedule follows
         if self.optimizer is None or not self.optimizer.built:
             return self._rate(0, self.ref_batch) if self.optimizer is not None else self.schedule(step)
-        return self._rate(self.optimizer.examples, self.optimizer.accumulation * self._per_micro())
-
-    def _per_micro(self):
-        from trainers import distributed
-
-        return distributed.size() * self.optimizer.micro_batch_size
+        return self._rate(self.optimizer.examples, self.optimizer.traced_batch_size())
 
     def used(self):
         """The rate the last update used (its batch is the current one: the batch changes only
