@@ -45,6 +45,7 @@ BAD_FLAGS = [
     (["--ckpt-every-minutes", "inf"], "--ckpt-every-minutes must be a number >= 0. Received: inf"),
     (["--stop-after-updates", "-1"], "--stop-after-updates must be >= 0. Received: -1"),
     (["--shuffle-buffer", "-1"], "--shuffle-buffer must be >= 0. Received: -1"),
+    (["--threads", "-1"], "--threads must be >= 0. Received: -1"),
     (["--elastic", "--ckpt-every-steps", "5"], "--ckpt-every-steps is not used with --elastic, which commits its "
                                                "state every --commit-every updates instead. Received: 5"),
 ]

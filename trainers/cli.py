@@ -5,6 +5,7 @@
     horovodrun -np 4 sngm-train deepfm --data train.tsv --test-data test.tsv --optimizer sngm ...
     sngm-train gen-criteo --out data/planted --train-rows 200000 --test-rows 50000
     sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar   (see `sngm-train study -h`)
+    sngm-train plan --run runs/ref --target val_accuracy=0.58 --workers 1,8,64 ...   (see `sngm-train plan -h`)
 
 Exit status: 0 done (or already finished), 2 bad flags or data, 3 training diverged
 (a NaN/Inf loss or weights; nothing non-finite is saved).
@@ -27,6 +28,8 @@ def build_parser():
     for task in ("resnet", "deepfm"):
         config.add_flags(sub.add_parser(task, help=f"train {task} (flags: sngm-train {task} -h)"), task)
     sub.add_parser("study", help="a grid of runs: optimizers x batch sizes x seeds (sngm-train study -h)", add_help=False)
+    sub.add_parser("plan", help="predict time to accuracy for N workers and batch B from measured runs "
+                                "(sngm-train plan -h)", add_help=False)
     prep = sub.add_parser("prep-criteo", help="parse Criteo text once into binary records that epochs read "
                                               "without parsing; then pass the folder as --data/--test-data")
     prep.add_argument("--data", required=True, help="Criteo TSV/CSV files (gzipped or not), a directory or a glob")
@@ -51,6 +54,10 @@ def main(argv=None):
         from trainers import study
 
         return study.main(argv[1:])
+    if argv[:1] == ["plan"]:
+        from trainers.planning import cli as plan
+
+        return plan.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "gen-criteo":
         from trainers.data import planted_ctr

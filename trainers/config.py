@@ -105,6 +105,8 @@ class Config:
                          "less accumulation per worker)")
     commit_every: int = knob(20, "with --elastic, updates between in-memory commits: what a worker failure rolls "
                              "back")
+    threads: int = knob(0, "intra-op threads per worker process; 0 = the host's cores / the workers on it. Set it to "
+                        "time one worker as it runs beside others on a shared host (a planner's reference run)")
     seed: int = knob(0, "model init, data order and augmentation all derive from it")
     deterministic: bool = knob(False, "TensorFlow op determinism (slower): bit-exact resume checks")
     # --- run directory ---
@@ -249,7 +251,7 @@ def validate(cfg, task):
     for name in ("micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
                  "steps_per_execution"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
-    for name in ("steps_per_epoch", "stop_after", "stop_after_updates", "keep", "diagnostics_every", "seed",
+    for name in ("threads", "steps_per_epoch", "stop_after", "stop_after_updates", "keep", "diagnostics_every", "seed",
                  "shuffle_buffer", "ckpt_every_steps"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
     need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be a positive number")

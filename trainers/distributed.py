@@ -22,15 +22,16 @@ except ImportError:  # pragma: no cover - exercised on machines without Horovod
 COMPRESSIONS = ("none", "fp16")
 
 
-def init():
-    """Initializes Horovod (when present) and sets threads per process.
+def init(threads=0):
+    """Initializes Horovod (when present) and sets threads per process: `threads`, or
+    when 0 the host's cores / local processes. Returns the threads.
 
     Must run before TensorFlow creates its thread pools (before any op runs).
     """
     if hvd is not None:
         hvd.init()  # HVD
     # Processes on one host share its cores: each gets cores / local_size threads.
-    threads = max(1, (os.cpu_count() or 1) // local_size())
+    threads = threads or max(1, (os.cpu_count() or 1) // local_size())
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))

@@ -9,7 +9,8 @@ import warnings
 
 import keras
 
-from trainers import batch_adapter, checkpoint, config, distributed, lr_scaling, recipes, segments, tb_layout, xla_step
+from trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, recipes, segments, tb_layout, timing,
+                      xla_step)
 from trainers.callbacks import DiagnosticsLogger, ProgressLogger
 from trainers.guard import Diverged, DivergenceGuard
 
@@ -47,7 +48,7 @@ def train(cfg, task_cls):
     returns (its history, None, None).
     """
     config.validate(cfg, task_cls.name)
-    distributed.init()
+    threads = distributed.init(cfg.threads)
     rank = distributed.rank()
     if cfg.resume and finished(cfg.logdir, cfg.epochs):
         if rank == 0 and cfg.verbose:
@@ -130,7 +131,8 @@ def train(cfg, task_cls):
         adapter.load(adapted)
     resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
                 "updates_per_epoch": updates_per_epoch, "effective_lr": lr, "parameters": model.count_params(),
-                "first_epoch": first_epoch, "first_update_in_epoch": start, **task.describe()}
+                "first_epoch": first_epoch, "first_update_in_epoch": start, "threads_per_worker": threads,
+                **_allreduce_bytes(model, cfg.compression), **task.describe()}
     if auto:
         resolved.update(lr_scaling=schedule.gain, micro_batches_per_epoch=task.micro_steps_per_epoch,
                         micro_batches_per_update="varies with the batch", updates_per_epoch="varies with the batch",
@@ -148,7 +150,10 @@ def train(cfg, task_cls):
         return _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past)
 
     progress = segments.Progress(cfg.micro_batch, size)
-    every_segment = [ProgressLogger(run_dir, progress, cfg.log_every, write=rank == 0, schedule=schedule,
+    timed = {k: resolved[k] for k in ("task", "optimizer", "workers", "micro_batch", "threads_per_worker", "precision",
+                                      "xla", "compression", "allreduce_bytes")}
+    every_segment = [timing.UpdateTimer(run_dir, progress, write=rank == 0, facts=timed),  # first: the planner's times
+                     ProgressLogger(run_dir, progress, cfg.log_every, write=rank == 0, schedule=schedule,
                                     total_examples=updates_per_epoch * batch * cfg.epochs,
                                     total_updates=0 if auto else updates_per_epoch * cfg.epochs,
                                     show=cfg.verbose and rank == 0,
@@ -279,6 +284,13 @@ def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, reso
     if distributed.rank() == 0:
         _write_results(cfg.logdir, past, first_epoch, final)
     return past, model, task
+
+
+def _allreduce_bytes(model, compression):
+    """The bytes of gradients each update's allreduce moves per worker (float32 weights;
+    fp16 compression halves them), for the planner."""
+    params = sum(int(math.prod(v.shape)) for v in model.trainable_variables)
+    return {"trainable_parameters": params, "allreduce_bytes": params * (2 if compression == "fp16" else 4)}
 
 
 def _compile(model, opt, task, cfg):
