@@ -14,13 +14,14 @@ STAMP_HVD   := $(VENV)/.stamp-horovod
 KERAS_OLDEST := 3.12.0
 STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
-.PHONY: install test test-fast demo bench study clean help
+.PHONY: install test test-fast demo bench study planning clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
+	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +69,9 @@ study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-ctr --out runs/study-cpu-ctr
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar-adaptive --out runs/study-cpu-cifar-adaptive --data-dir ../shared/data/cifar10-jpeg.tar
 	$(BIN)/python tools/results_page.py cpu-cifar=runs/study-cpu-cifar cpu-ctr=runs/study-cpu-ctr cpu-cifar-adaptive=runs/study-cpu-cifar-adaptive
+
+planning: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/planning_page.py --data-dir ../shared/data/cifar10-jpeg.tar
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -162,6 +162,7 @@ def test_plan_on_a_real_run_by_hand(small_run, tmp_path):
     assert r["updates"] == pytest.approx(s_min * (1 + b_noise / 256), rel=1e-9)
     assert result["model"]["e_min"] == pytest.approx(s_min * b_noise, rel=1e-9)
     assert r["hours"] == pytest.approx(r["update_seconds"] * r["updates"] / 3600, rel=1e-12)
+    assert r["examples"] == pytest.approx(256 * r["updates"], rel=1e-12)
     assert r["worker_hours"] == pytest.approx(2 * r["hours"], rel=1e-12)
     assert r["efficiency"] == pytest.approx(rows[(1, 256)]["update_seconds"] / (2 * r["update_seconds"]), rel=1e-9)
     fastest = result["best"]["fastest (at most 2 workers)"]

@@ -1,6 +1,6 @@
 """Measures what docs/planning.md validates the planner on, then writes the page.
 
-    python tools/planning_page.py [--out runs/planning] [--data-dir ../path/cifar10-jpeg.tar]
+    make planning      (python tools/planning_page.py [--out runs/planning] [--data-dir PATH/cifar10-jpeg.tar])
 
 Trains (each run once: a run directory that has its results is kept, so an interrupted
 call resumes) the reference and check runs of two tasks, times Horovod's allreduce under

@@ -265,8 +265,8 @@ class Plan:
 
     def row(self, workers, batch):
         row = {"workers": workers, "batch_size": batch, "micro_batches": math.ceil(batch / workers / self.m),
-               "update_seconds": None, "updates": None, "hours": None, "worker_hours": None, "efficiency": None,
-               "note": ""}
+               "update_seconds": None, "updates": None, "examples": None, "hours": None, "worker_hours": None,
+               "efficiency": None, "note": ""}
         if batch % workers:
             row["note"] = f"{batch} examples do not split over {workers} workers"
             return row
@@ -275,6 +275,7 @@ class Plan:
             row["note"] = f"unsupported: {self.optimizer} measured up to B={self.largest}"
             return row
         row["updates"] = s = model.updates_to_target(self.s_min, self.e_min, batch)
+        row["examples"] = s * batch
         row["hours"] = t * s / 3600
         row["worker_hours"] = row["hours"] * workers
         row["efficiency"] = self.update_seconds(batch, 1) / (workers * t)

@@ -44,7 +44,7 @@ class Run:
     def need_timing(self):
         if not self.timing or self.timing.get("last_micro_seconds") is None:
             raise PlanError(f"{self.path} has no update times (timing.json): it was trained before they were recorded, "
-                            f"or too briefly (more than 5 updates are needed); train it again, or pass "
+                            f"with --elastic, or too briefly (more than 5 updates are needed); train it again, or pass "
                             f"--worker-throughput")
         return self.timing
 
