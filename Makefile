@@ -8,13 +8,14 @@ TF_PACKAGE  ?= tensorflow-cpu==2.21.0
 HOROVOD     ?= 1
 
 STAMP_BASE  := $(VENV)/.stamp-base
+STAMP_DEV   := $(VENV)/.stamp-dev
 STAMP_HVD   := $(VENV)/.stamp-horovod
 # The oldest supported Keras (keras_sngm.SUPPORTED_KERAS), beside the pinned newest: the
 # optimizer tests also run with it first on PYTHONPATH.
 KERAS_OLDEST := 3.12.0
 STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
-.PHONY: install test test-fast demo bench study planning clean help
+.PHONY: install install-dev test test-fast demo bench study planning notebooks clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
@@ -22,14 +23,22 @@ help:
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
+	@echo "make notebooks - execute the notebooks at their small size and save them with their outputs"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
-$(STAMP_BASE): $(BIN)/python requirements.txt requirements-dev.txt setup.py
-	$(BIN)/pip install -q "$(TF_PACKAGE)" -r requirements.txt -r requirements-dev.txt
+# What the trainers and `make demo` need: TensorFlow, Keras, TFDS, TensorBoard (and Horovod below).
+$(STAMP_BASE): $(BIN)/python requirements.txt setup.py
+	$(BIN)/pip install -q "$(TF_PACKAGE)" -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=compat
+	touch $@
+
+# What only the tests and benchmarks need: pytest, the notebook runner, JAX and PyTorch (the
+# optimizers' other backends), Pillow.
+$(STAMP_DEV): $(STAMP_BASE) requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
 $(STAMP_HVD): $(STAMP_BASE) tools/install_horovod.sh
@@ -38,23 +47,25 @@ ifeq ($(HOROVOD),1)
 endif
 	touch $@
 
-$(STAMP_OLD): $(STAMP_BASE)
+$(STAMP_OLD): $(STAMP_DEV)
 	rm -rf $(VENV)/keras-oldest
 	$(BIN)/pip install -q --no-deps --target $(VENV)/keras-oldest keras==$(KERAS_OLDEST)
 	touch $@
 
-install: $(STAMP_BASE) $(STAMP_HVD) $(STAMP_OLD)
+install: $(STAMP_BASE) $(STAMP_HVD)
 
-test: install
+install-dev: install $(STAMP_DEV) $(STAMP_OLD)
+
+test: install-dev
 	$(BIN)/python -m pytest -q tests
 
-test-fast: install
+test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/demo.sh
 
-bench: install
+bench: install-dev
 	$(BIN)/python bench/optimizer_step.py
 	KERAS_BACKEND=jax $(BIN)/python bench/optimizer_step_jax.py
 	$(BIN)/python bench/precision.py
@@ -72,6 +83,9 @@ study: install
 
 planning: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/planning_page.py --data-dir ../shared/data/cifar10-jpeg.tar
+
+notebooks: install-dev
+	DATA_DIR=../shared/data/cifar10-jpeg.tar $(BIN)/python tools/execute_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

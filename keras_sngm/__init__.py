@@ -31,5 +31,27 @@ from keras_sngm.lars import LARS  # noqa: E402
 from keras_sngm.msgd import MSGD  # noqa: E402
 from keras_sngm.sngm import SNGM  # noqa: E402
 
-__all__ = ["SNGM", "BlockSNGM", "LARS", "MSGD"]
+
+
+def diagnostics(optimizer):
+    """`optimizer.diagnostics()` of the keras_sngm optimizer inside `optimizer`: itself,
+    or the one Keras' `LossScaleOptimizer` (a mixed_float16 model's `model.optimizer`) or
+    any other wrapper with an `inner_optimizer` holds.
+
+    Args:
+        optimizer: a keras_sngm optimizer, or a wrapper of one.
+
+    Returns:
+        The dict of `NormalizedMomentumOptimizer.diagnostics()`.
+    """
+    inner = optimizer
+    while not hasattr(inner, "diagnostics") and hasattr(inner, "inner_optimizer"):
+        inner = inner.inner_optimizer
+    if not hasattr(inner, "diagnostics"):
+        raise TypeError(f"{type(optimizer).__name__} holds no keras_sngm optimizer (SNGM, BlockSNGM, LARS, MSGD). "
+                        f"Received: {optimizer!r}")
+    return inner.diagnostics()
+
+
+__all__ = ["SNGM", "BlockSNGM", "LARS", "MSGD", "diagnostics"]
 __version__ = "0.1.0"

@@ -189,6 +189,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         self._state = {"skipped_steps": self.skipped_steps}
         for name in ("grad_norm", "momentum_norm", "update_norm"):
             self._state[name] = self.add_variable(shape=(), dtype="float32", name=name)
+        # the update count after the update whose update_norm was last computed (0: none yet)
+        self._state["refreshed_at_update"] = self.add_variable(shape=(), dtype="int32", name="refreshed_at_update")
         for name in self.per_variable_diagnostics:
             self._state[name] = self.add_variable(shape=(len(variables),), dtype="float32", name=name)
         self._decays = [
@@ -219,10 +221,16 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
             fn = self._jax_steps.get(indices)
             if fn is None:
                 fn = self._jax_steps[indices] = _jax_jit(self, owned, indices)
-            for v, value in zip(owned, fn([v.value for v in owned], grads, learning_rate, self._iterations.value)):
+            for v, value in zip(owned, fn([v.value for v in owned], grads, learning_rate, self._update_index())):
                 v.assign(value)
             return
-        self._step(grads, variables, momenta, self._state, learning_rate, self._iterations, indices, self._apply)
+        self._step(grads, variables, momenta, self._state, learning_rate, self._update_index(), indices, self._apply)
+
+    def _update_index(self):
+        """The 0-based index of this update: Keras' `_iterations` counts micro-batches
+        under `gradient_accumulation_steps`, `iterations` counts updates."""
+        index = self.iterations
+        return index.value if isinstance(index, keras.Variable) else index
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         # Gradients here are already all-reduced across replicas, unscaled and accumulated.
@@ -236,7 +244,7 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
             self._step_fn = tf.function(lambda *args: self._step(*args, apply_fn), autograph=False)
 
         state = {k: v.value for k, v in self._state.items()}
-        step = tf.convert_to_tensor(self._iterations)
+        step = tf.convert_to_tensor(self._update_index())
 
         def per_device(_, grads, variables, momenta, state, learning_rate, step):
             # Runs once per device copy (once without tf.distribute).
@@ -276,15 +284,18 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         def norms():
             u_sq = sum(squared_norm(u) for u in momenta)
             steps = self._steps(grads, variables, momenta, scales, finite, lr, indices)
-            return ops.sqrt(u_sq), lr * ops.sqrt(sum(squared_norm(s) for s in steps))  # ||u_t||, ||w_t - w_{t+1}||
+            # ||u_t||, ||w_t - w_{t+1}||, and which update this was (counted from 1)
+            return ops.sqrt(u_sq), lr * ops.sqrt(sum(squared_norm(s) for s in steps)), ops.cast(step + 1, "int32")
 
         def keep():
-            return ops.convert_to_tensor(state["momentum_norm"]), ops.convert_to_tensor(state["update_norm"])
+            return (ops.convert_to_tensor(state["momentum_norm"]), ops.convert_to_tensor(state["update_norm"]),
+                    ops.convert_to_tensor(state["refreshed_at_update"]))
 
         # The branch only computes; the assignment is outside it (JAX's cond must be pure).
-        u_norm, w_step = ops.cond(ops.equal(step % self.diagnostics_every, 0), norms, keep)
+        u_norm, w_step, at = ops.cond(ops.equal(step % self.diagnostics_every, 0), norms, keep)
         self.assign(state["momentum_norm"], u_norm)  # Lemma 2: <= 1/(1-beta)
         self.assign(state["update_norm"], w_step)
+        self.assign(state["refreshed_at_update"], at)
 
     def _steps(self, grads, variables, momenta, scales, finite, lr, indices):
         """The step each variable just took, read after the update (u = u_t, w = w_t):
@@ -306,8 +317,12 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         (||w_{t+1} - w_t||), skipped_steps, and the per-variable vectors of
         `per_variable_diagnostics` (in `optimizer.variables` order of the model's
         trainable variables). momentum_norm is read from the momentum now (exact
-        whenever this is called); update_norm is refreshed inside the step every
-        `diagnostics_every` steps."""
+        whenever this is called); update_norm is that of the update
+        `refreshed_at_update` (counted from 1; 0 = none yet), refreshed inside the step
+        on updates 1, 1 + diagnostics_every, ... (updates, not micro-batches, under
+        `gradient_accumulation_steps`). Wrapped in Keras' `LossScaleOptimizer` (a
+        mixed_float16 model) or the trainers' Horovod wrapper, use
+        `keras_sngm.diagnostics(model.optimizer)`."""
         out = {k: ops.convert_to_numpy(v.value) for k, v in self._state.items()}
         out["momentum_norm"] = float(ops.sqrt(sum(squared_norm(u.value) for u in self.momentums)))
         out["momentum_norm_bound"] = 1.0 / (1.0 - self.momentum)

@@ -16,7 +16,13 @@ examples gives their batch-size bound n Delta, which in expectation is
 
 import math
 
-import tensorflow as tf
+try:
+    import tensorflow as tf
+except ModuleNotFoundError as e:  # a JAX- or PyTorch-only install: the optimizers work, this does not
+    if e.name != "tensorflow":
+        raise
+    raise ImportError("keras_sngm.noise_scale needs TensorFlow (pip install tensorflow-cpu==2.21.0); the "
+                      "keras_sngm optimizers themselves run on every Keras backend without it") from None
 
 from keras_sngm._base import squared_norm
 

@@ -46,6 +46,10 @@ BAD_FLAGS = [
     (["--stop-after-updates", "-1"], "--stop-after-updates must be >= 0. Received: -1"),
     (["--shuffle-buffer", "-1"], "--shuffle-buffer must be >= 0. Received: -1"),
     (["--threads", "-1"], "--threads must be >= 0. Received: -1"),
+    (["--batch-size", "1000", "--micro-batch", "128"], "--batch-size 1000 is not divisible by workers x micro-batch "
+     "= 1 x 128 = 128: choose a global batch that is a multiple of 128."),
+    (["--dataset", "synthetic", "--train-subset", "1000", "--batch-size", "8192"],
+     "--batch-size 8192 is larger than the 1000 training examples (--train-subset)."),
     (["--elastic", "--ckpt-every-steps", "5"], "--ckpt-every-steps is not used with --elastic, which commits its "
                                                "state every --commit-every updates instead. Received: 5"),
 ]
@@ -62,11 +66,38 @@ def test_bad_flag_is_an_error_before_anything_runs(tmp_path, flags, message):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_bad_deepfm_flags_and_other_task_flags(tmp_path):
-    proc = sngm_train(["deepfm", "--data", "synthetic", "--depth", "50"])
-    assert proc.returncode == 2 and "unrecognized arguments: --depth 50" in proc.stderr
-    proc = sngm_train(["resnet", "--hash-space", "8"])
-    assert proc.returncode == 2 and "unrecognized arguments: --hash-space 8" in proc.stderr
+def test_a_flag_of_the_other_task_is_named_as_such(tmp_path):
+    proc = sngm_train(["deepfm", "--data", "synthetic", "--depth=50", "--logdir", str(tmp_path / "run")])
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "sngm-train: error: --depth is a flag of `sngm-train resnet`, not of `sngm-train deepfm` (sngm-train deepfm -h "
+        "lists its flags)"), proc.stderr
+    proc = sngm_train(["resnet", "--hash-space", "8", "--logdir", str(tmp_path / "run")])
+    assert proc.returncode == 2 and "--hash-space is a flag of `sngm-train deepfm`" in proc.stderr
+
+
+def test_without_tensorflow_one_line_and_exit_2(tmp_path):
+    """A JAX- or PyTorch-only install (TensorFlow made unimportable): the trainers say what
+    to install; the optimizers still import, keras_sngm.noise_scale says it needs TensorFlow."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    hide = "import sys; sys.modules['tensorflow'] = None; "
+    env = {**os.environ, "PYTHONPATH": ROOT, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", hide + "from trainers.cli import main; sys.exit(main(['resnet', "
+                           "'--dataset', 'synthetic', '--batch-size', '256', '--logdir', '" + str(tmp_path / "r") + "']))"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("sngm-train: error: the trainers need TensorFlow, which is not installed")
+    assert "pip install tensorflow-cpu==2.21.0" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", hide + "import keras_sngm; print(keras_sngm.SNGM(0.1).name); "
+                           "import keras_sngm.noise_scale"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "sngm" and proc.returncode == 1
+    assert "ImportError: keras_sngm.noise_scale needs TensorFlow (pip install tensorflow-cpu==2.21.0)" in proc.stderr
+
+
+def test_bad_deepfm_flags(tmp_path):
     for flags, message in ((["--data", str(tmp_path / "missing.tsv")], "--data matches no file or directory"),
                            (["--data", "synthetic", "--hidden", "0"], "--hidden must be one or more widths >= 1"),
                            (["--data", "synthetic", "--dropout", "1"], "--dropout must be in [0, 1)"),
@@ -95,8 +126,12 @@ def test_help_gives_a_reason_for_every_flag():
         for f in config.fields_of(task):
             flag = config.flag(f.name)
             assert flag in text, flag
-            reason = " ".join(f.metadata["help"].split())
+            reason = " ".join(config.reason(f, task).split())
             assert len(reason) > 10 and reason in text, (flag, reason)
+        other_words = ("ResNet", "CIFAR", "ImageNet") if task == "deepfm" else ("DeepFM", "CTR", "Criteo")
+        for f in config.fields_of("resnet") if task == "deepfm" else config.fields_of("deepfm"):
+            if f in config.fields_of(task):  # a shared flag speaks of this task only
+                assert not [w for w in other_words if w in config.reason(f, task)], (f.name, config.reason(f, task))
         mine = {config.flag(f.name) for f in config.fields_of(task)}
         others = {config.flag(f.name) for f in config.fields_of("deepfm" if task == "resnet" else "resnet")} - mine
         assert others and not [o for o in others if o + " " in text], "flags of the other task are listed"
@@ -222,8 +257,18 @@ def test_logs_share_one_step_axis_and_are_current(tmp_path):
     assert sorted(lr) == list(range(1, total + 1))
     for n, got in lr.items():
         assert got == pytest.approx(0.3 * (1 - (n - 1) / total) ** 1.1, rel=1e-5), n
-    diag = {e.step: value(e) for e in acc.Tensors("diagnostics/learning_rate")}
-    assert sorted(diag) == [1, 4, 7] and diag[4] == pytest.approx(lr[4], rel=1e-6)
+    diag = {e.step: value(e) for e in acc.Tensors("diagnostics/grad_norm")}
+    assert sorted(diag) == [1, 4, 7]
+    # each quantity once, every tag described; the per-update ones stay out of epoch_*
+    assert "diagnostics/learning_rate" not in tags and "diagnostics/step_length" not in tags
+    assert "diagnostics/batch_size" not in tags and "epoch_learning_rate" not in tags and "epoch_loss" in tags
+    assert not (run / "validation").exists()  # no validation split: the evaluation set is named test
+    for d in ("train", "test"):
+        reader = EventAccumulator(str(run / d), size_guidance={"tensors": 0})
+        reader.Reload()
+        for tag in reader.Tags()["tensors"]:
+            if tag != "custom_scalars__config__":
+                assert len(reader.SummaryMetadata(tag).summary_description) > 20, (d, tag)
     # The epoch's momentum norm is the real ||u|| after its last update (from the checkpoint).
     with np.load(run / "ckpt-00002" / "optimizer.npz") as d:
         state = json.load(open(run / "ckpt-00002" / "state.json"))
@@ -310,3 +355,64 @@ def test_xla_forward_backward_matches_without(tmp_path, task):
         hist[xla] = json.load(open(tmp_path / xla / "history.json"))["history"]
     np.testing.assert_allclose(hist["--xla"]["loss"], hist["--no-xla"]["loss"], rtol=1e-3)
     np.testing.assert_allclose(hist["--xla"]["grad_norm"], hist["--no-xla"]["grad_norm"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_named_folder_without_data_fails_at_once(tmp_path, dataset):
+    """An empty or unrecognised --data-dir is an error before TensorFlow, never a download."""
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    (other / "notes").mkdir(parents=True)
+    (other / "readme.txt").write_text("not data")
+    depth = ["--depth", "50"] if dataset == "imagenet" else []
+    for folder, what in ((empty, "is empty"), (other, "holds no data layout known here")):
+        t0 = time.perf_counter()
+        proc = sngm_train(["resnet", "--dataset", dataset, *depth, "--data-dir", str(folder), "--download",
+                           "--logdir", str(tmp_path / "run")])
+        seconds = time.perf_counter() - t0
+        assert proc.returncode == 2, proc.stderr[-1500:]
+        assert proc.stderr.startswith(f"sngm-train: error: --data-dir {what}: it must hold "), proc.stderr
+        assert proc.stderr.strip().endswith(f"Received: {str(folder)!r}")
+        assert ("TFRecord shards" if dataset == "imagenet" else "cifar-10-batches-py/") in proc.stderr
+        assert seconds < 2, f"failed in {seconds:.1f} s: before TensorFlow, no network (measured about 0.1 s)"
+
+
+def test_one_cache_entry_however_the_data_is_named(tmp_path, monkeypatch):
+    """The same tar and folder through a symlink and a relative path: one unpacked copy,
+    one decoded copy."""
+    from trainers.data import images
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SNGM_DATA_CACHE", str(cache))
+    write_folder(tmp_path / "imgs", classes=2)
+    with tarfile.open(tmp_path / "d.tar", "w") as t:
+        t.add(tmp_path / "imgs", arcname="imgs")
+    os.symlink(tmp_path / "d.tar", tmp_path / "link.tar")
+    monkeypatch.chdir(tmp_path)
+    first = images.load(data_dir=str(tmp_path / "d.tar"))[0][0]
+    for name in ("link.tar", "./d.tar", "imgs", str(tmp_path / "imgs")):
+        np.testing.assert_array_equal(images.load(data_dir=name)[0][0], first)
+    entries = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    # one unpacked tar (three names), its decoded copy, and the folder's (two names)
+    assert entries == ["decoded", "decoded", "tar"], entries
+
+
+def test_what_a_run_prints(tmp_path, monkeypatch, capsys):
+    """The recipe first, no TensorFlow import banners, the test result at the end; data
+    notes from rank 0 only."""
+    proc = sngm_train([a for a in SMALL if a != "--no-verbose"] + ["--epochs", "1", "--logdir", str(tmp_path / "run")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "sngm-train configuration:" and lines[1].split() == ["optimizer:", "sngm"]
+    assert [line.split()[0] for line in lines[2:4]] == ["batch_size:", "batch_min:"]
+    final = json.load(open(tmp_path / "run" / "final.json"))
+    assert lines[-1] == (f"results: test_accuracy {final['test_accuracy']:.4f}, test_loss {final['test_loss']:.4f} "
+                         f"(after 1 epochs; in {tmp_path / 'run' / 'final.json'})")
+    assert "oneDNN custom operations" not in proc.stderr and "absl::InitializeLog" not in proc.stderr, proc.stderr
+    from trainers.data import images
+
+    monkeypatch.setenv("HOROVOD_RANK", "1")
+    images._say("decoding")
+    monkeypatch.setenv("HOROVOD_RANK", "0")
+    images._say("decoding once")
+    assert capsys.readouterr().out == "decoding once\n"

@@ -78,7 +78,6 @@ def test_logged_values_equal_independent_replay(tmp_path):
         np.testing.assert_allclose(logged["diagnostics/noise_trace_sigma"][s], tre / wt, rtol=1e-3)
         np.testing.assert_allclose(logged["diagnostics/noise_scale"][s], tre / g2e, rtol=1e-3)
         assert logged["diagnostics/momentum_norm_bound"][s] == pytest.approx(1 / (1 - beta))
-        assert logged["diagnostics/batch_size"][s] == b * k
     assert sorted(logged["diagnostics/grad_norm"]) == list(range(1, steps + 1))
 
 
@@ -128,3 +127,80 @@ def test_logger_reads_the_optimizers_own_period_it_does_not_set_it(tmp_path):
     with pytest.raises(ValueError, match="build the optimizer with diagnostics_every=2"):
         model.fit(np.ones((8, 3)), np.ones((8, 1)), verbose=0, callbacks=[DiagnosticsLogger(str(tmp_path), 8, every=2)])
     assert model.optimizer.diagnostics_every == 5
+
+
+def _regression(seed=0, n=640, d=5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = (x @ rng.normal(size=(d, 1))).astype("float32")
+    keras.utils.set_random_seed(seed)
+    return x, y, keras.Sequential([keras.Input((d,)), keras.layers.Dense(1)])
+
+
+class _WeightsPerUpdate(keras.callbacks.Callback):
+    """The weights after every update (every `k` micro-batches), read independently."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.after = k, []
+
+    def on_train_begin(self, logs=None):
+        self.after = [[w.numpy().copy() for w in self.model.trainable_weights]]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.k == 0:
+            self.after.append([w.numpy().copy() for w in self.model.trainable_weights])
+
+
+def test_diagnostics_say_which_update_they_are_from():
+    """Default interval: after 40 updates the update norm is update 1's, and says so."""
+    x, y, model = _regression()
+    weights = _WeightsPerUpdate(1)
+    model.compile(optimizer=SNGM(0.05), loss="mse")  # diagnostics_every=100
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[weights])
+    d = model.optimizer.diagnostics()
+    assert int(model.optimizer.iterations) == 40 and d["refreshed_at_update"] == 1
+    first = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(weights.after[1], weights.after[0])))
+    assert d["update_norm"] == pytest.approx(first, rel=1e-5)
+
+
+def test_diagnostics_count_updates_under_gradient_accumulation():
+    """gradient_accumulation_steps=4, refreshed every update: each update's norm is that
+    update's weight change (it was 0.0 when the refresh counted micro-batches)."""
+    x, y, model = _regression(1)
+    k, seen = 4, []
+    weights = _WeightsPerUpdate(k)
+
+    class Read(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % k == 0:
+                seen.append(model.optimizer.diagnostics())
+
+    model.compile(optimizer=SNGM(0.05, diagnostics_every=3, gradient_accumulation_steps=k), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[weights, Read()])
+    assert int(model.optimizer.iterations) == 10
+    for n, d in enumerate(seen, start=1):
+        at = 1 + 3 * ((n - 1) // 3)  # updates 1, 4, 7, 10
+        assert d["refreshed_at_update"] == at, (n, d["refreshed_at_update"])
+        change = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(weights.after[at], weights.after[at - 1])))
+        assert d["update_norm"] == pytest.approx(change, rel=1e-5) and change > 0
+
+
+def test_diagnostics_through_keras_loss_scale_optimizer():
+    import keras_sngm
+
+    x, y, model = _regression(2)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        _, _, model = _regression(2)
+        model.compile(optimizer=SNGM(0.05, diagnostics_every=1), loss="mse")
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    d = keras_sngm.diagnostics(model.optimizer)
+    assert d == pytest.approx(model.optimizer.inner_optimizer.diagnostics())
+    # (the loss scale's first overflowed steps are skipped, not counted as updates)
+    assert d["refreshed_at_update"] == int(model.optimizer.iterations) >= 5
+    with pytest.raises(TypeError, match="holds no keras_sngm optimizer"):
+        keras_sngm.diagnostics(keras.optimizers.SGD())

@@ -110,7 +110,7 @@ def test_report_sets_the_papers_numbers_beside_ours_and_the_noise_scale(tmp_path
     hist.write_text(json.dumps({"history": {"loss": [0.6, 0.5], "noise_scale": [812.4, 2400.6], "val_auc": [0.7, 0.78]}}))
     st.report(spec, str(tmp_path))
     table = (tmp_path / "results.md").read_text()
-    assert "0.7700 ± 0.0000 (0.5, n=1); paper 0.7489 |" in table
+    assert "0.7700 (0.5, n=1); paper 0.7489 |" in table  # one seed: no "± 0.0000"
     assert "Published (journal Table 8), test AUC:" in table and "| lamb | 0.7066 | 0.6811 |" in table
     assert "| sngm | 1024 | 0 | 812 | 2401 | 2401 |" in table
     # an estimate <= 0 (|G|^2 estimated <= 0) is a B_simple too large to measure: ranked as infinite, not as -50
@@ -122,7 +122,23 @@ def test_report_sets_the_papers_numbers_beside_ours_and_the_noise_scale(tmp_path
     spec["paper_inline"] = False  # another setup (the CPU studies): the published table only, below ours
     st.report(spec, str(tmp_path))
     table = (tmp_path / "results.md").read_text()
-    assert "0.7700 ± 0.0000 (0.5, n=1) |" in table and "| lamb | 0.7066 | 0.6811 |" in table
+    assert "0.7700 (0.5, n=1) |" in table and "| lamb | 0.7066 | 0.6811 |" in table
+
+
+def test_report_of_one_lr_one_batch_and_seeds(tmp_path):
+    """One lr factor: the chosen lr is both ends of its sweep, so 'edge'; one batch: no
+    change column; two seeds: mean ± sd."""
+    spec = {**_spec(), "lr_factors": [1.0], "extend_edges": 0, "seeds": [0, 1],
+            "arms": presets.grid(["msgd", "sngm"], [512], "deepfm")}
+    for o in ("msgd", "sngm"):
+        lr = round(next(a for a in st.arms(spec) if a["optimizer"] == o)["lr"], 6)
+        for seed, val in ((0, 0.78), (1, 0.76)):
+            _fake_run(tmp_path, o, 512, lr, val, seed=seed)
+    st.report(spec, str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert "| sngm | 0.7600 ± 0.0141 (0.354, edge, n=2) |" in table, table
+    assert "→" not in table and "SNGM's lead (SNGM minus the optimizer, mean test auc in auc; diverged = chance):" in table
+    assert "| msgd | +0.0000 |" in table
 
 
 def study(out, *extra):

@@ -138,7 +138,7 @@ def test_segments_cover_the_run_exactly():
 
 def test_run_directory_has_config_checkpoints_and_tensorboard(tmp_path):
     run = tmp_path / "run"
-    proc = sngm_train(SMALL + ["--epochs", "4", "--keep", "2", "--logdir", str(run)])
+    proc = sngm_train(SMALL + ["--epochs", "4", "--keep", "2", "--log-every", "1", "--logdir", str(run)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.load(open(run / "config.json"))
     assert cfg["optimizer"] == "sngm" and cfg["micro_batches_per_update"] == 2 and cfg["updates_per_epoch"] == 4
@@ -146,18 +146,21 @@ def test_run_directory_has_config_checkpoints_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
-    for d in ("train", "validation"):
+    for d in ("train", "test"):  # (no validation split: the per-epoch evaluation is the test set)
         acc = EventAccumulator(str(run / d))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"]) | set(acc.Tags().get("tensors", []))
-    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_examples_per_sec",
-                "step/learning_rate", "step/examples_per_sec"):
+    for tag in ("epoch_loss", "epoch_accuracy", "step/learning_rate", "step/examples_per_sec"):
         assert tag in tags, (tag, sorted(tags))
-    # The poly schedule is at lr0 * (1 - t/T)^1.1 at the end of epoch 1 (t = 4 of T = 16).
+    assert "epoch_learning_rate" not in tags  # logged once: per update, as step/learning_rate
+    # The poly schedule is at lr0 * (1 - t/T)^1.1 after update 4 (the end of epoch 1, of T = 16),
+    # in the logs, and its last update's rate in the epoch's history.
     acc = EventAccumulator(str(run / "train"), size_guidance={"tensors": 0})
     acc.Reload()
-    lr = {e.step: float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto))) for e in acc.Tensors("epoch_learning_rate")}
-    assert lr[0] == pytest.approx(0.3 * (1 - 4 / 16) ** 1.1, rel=1e-5)
+    lr = {e.step: float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto))) for e in acc.Tensors("step/learning_rate")}
+    assert lr[5] == pytest.approx(0.3 * (1 - 4 / 16) ** 1.1, rel=1e-5)
+    assert json.load(open(run / "history.json"))["history"]["learning_rate"][1] == pytest.approx(
+        0.3 * (1 - 7 / 16) ** 1.1, rel=1e-5)
 
 
 SAVER = r'''
@@ -230,12 +233,17 @@ def test_bad_flags_give_clear_errors(tmp_path, flags, needle):
 
 
 def test_no_data_found_names_where_it_looked(tmp_path):
+    # a folder named but empty: that folder, and tensorflow-datasets is not tried
     (tmp_path / "nothing").mkdir()
     proc = sngm_train(["resnet", "--data-dir", str(tmp_path / "nothing"), "--tfds-dir", str(tmp_path / "tfds"),
                        "--no-download", "--logdir", str(tmp_path / "run")])
     assert proc.returncode == 2
-    assert str(tmp_path / "nothing") in proc.stderr and str(tmp_path / "tfds") in proc.stderr
-    assert "Provide --data-dir" in proc.stderr
+    assert str(tmp_path / "nothing") in proc.stderr and str(tmp_path / "tfds") not in proc.stderr
+    # no folder named, nothing prepared and no download: where it looked
+    proc = sngm_train(["resnet", "--tfds-dir", str(tmp_path / "tfds"), "--no-download", "--logdir",
+                       str(tmp_path / "run")])
+    assert proc.returncode == 2
+    assert str(tmp_path / "tfds") in proc.stderr and "Provide --data-dir" in proc.stderr
 
 
 def test_criteo_missing_files(tmp_path):

@@ -17,7 +17,7 @@ elif [ -f ../shared/data/cifar10-jpeg.tar ]; then
 fi
 TRAIN=(sngm-train resnet --depth 20 --dataset cifar10 "${DATA_FLAGS[@]}" --optimizer sngm
        --batch-size 256 --micro-batch 128 --lr 0.4 --schedule poly --power 1.1 --weight-decay 1e-4
-       --epochs "$EPOCHS" --train-subset "$TRAIN_SUBSET" --test-subset 2000 --logdir "$LOGDIR" --log-every 2
+       --epochs "$EPOCHS" --train-subset "$TRAIN_SUBSET" --validation-split 0.1 --test-subset 2000 --logdir "$LOGDIR" --log-every 2
        --diagnostics-every 5)
 rm -rf "$LOGDIR"
 if command -v horovodrun >/dev/null && python -c "import horovod.tensorflow" 2>/dev/null; then

@@ -23,6 +23,19 @@ check() {
     echo "$cb"
     grep -q "\[X\] TensorFlow" <<<"$cb" || { echo "ERROR: Horovod was built without TensorFlow support" >&2; exit 1; }
     grep -q "\[X\] Gloo" <<<"$cb" || { echo "ERROR: Horovod was built without Gloo" >&2; exit 1; }
+    # -cb marks a framework [X] when `import horovod.<framework>` succeeds; horovod.torch's Python
+    # files ship in every wheel and import (with a warning) without their compiled library, so -cb
+    # lists PyTorch whenever torch is installed. What was built is the libraries themselves:
+    "$PYTHON" - <<'PY' || exit 1
+import glob, os, sys
+import horovod
+root = os.path.dirname(horovod.__file__)
+built = {fw: bool(glob.glob(os.path.join(root, fw, "mpi_lib*.so"))) for fw in ("tensorflow", "torch", "mxnet")}
+print("Horovod's compiled framework libraries:", ", ".join(fw for fw, ok in built.items() if ok) or "none",
+      "(what -cb shows as [X] beyond these is only importable Python)")
+if not built["tensorflow"] or built["torch"] or built["mxnet"]:
+    sys.exit(f"ERROR: expected the TensorFlow library only (HOROVOD_WITHOUT_PYTORCH=1, HOROVOD_WITHOUT_MXNET=1): {built}")
+PY
 }
 
 tf_version=$("$PYTHON" -c "import tensorflow as tf; print(tf.__version__)")

@@ -10,6 +10,8 @@ import time
 import keras
 import tensorflow as tf
 
+from trainers import tb_tags
+
 
 def lr_used(schedule, optimizer):
     """The learning rate of the update just made: `schedule` (the trainers pass the one
@@ -76,9 +78,10 @@ class ProgressLogger(keras.callbacks.Callback):
         self.step = step = self.step + 1
         if self.writer is not None:
             with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
-                tf.summary.scalar("step/batch_size", b, description="global batch of this update (examples, all workers)")
-                tf.summary.scalar("step/examples", self.examples, description="examples seen after this update")
-        if self.t_first is None:  # the first update includes tracing and compilation
+                tf.summary.scalar("step/batch_size", b, description=tb_tags.step("batch_size"))
+                tf.summary.scalar("step/examples", self.examples, description=tb_tags.step("examples"))
+        first = self.t_first is None
+        if first:  # the first update includes tracing and compilation
             self.t_first, self.examples_first = now, self.examples
         elif self.show and not self.estimated and (self.examples - self.examples_first >= 3 * b or now - self.t_first > 30):
             rate = (self.examples - self.examples_first) / (now - self.t_first)
@@ -88,15 +91,17 @@ class ProgressLogger(keras.callbacks.Callback):
                   f"({b / rate:.2f} s per update, {to_go})", flush=True)
             self.estimated = True
         if step % self.every:
+            if first:  # the rates of the points start after it
+                self.t_window, self.examples_window = now, 0
             return
         rate = self.examples_window / (now - self.t_window)
         lr = lr_used(self.schedule, self.model.optimizer)
         if self.writer is not None:
             with self.writer.as_default(step=step), tf.summary.record_if(True):
-                tf.summary.scalar("step/learning_rate", lr)
-                tf.summary.scalar("step/examples_per_sec", rate)
+                tf.summary.scalar("step/learning_rate", lr, description=tb_tags.step("learning_rate"))
+                tf.summary.scalar("step/examples_per_sec", rate, description=tb_tags.step("examples_per_sec"))
                 for k, v in (logs or {}).items():
-                    tf.summary.scalar(f"step/{k}", float(v))
+                    tf.summary.scalar(f"step/{k}", float(v), description=tb_tags.step(k))
             self.writer.flush()
         if self.show:
             shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
@@ -154,7 +159,6 @@ class DiagnosticsLogger(keras.callbacks.Callback):
             d = inner.diagnostics()
             for k in ("grad_norm", "momentum_norm", "momentum_norm_bound", "update_norm", "skipped_steps"):
                 scalars[k] = float(d[k])
-            scalars["step_length"] = lr * float(d["momentum_norm"])  # the step taken (SNGM's effective lr)
             hists = {k: d[k] for k in getattr(inner, "per_variable_diagnostics", ())}
         if not getattr(inner, "normalized", False):
             scalars["effective_lr"] = lr / (1.0 - beta)  # momentum SGD
@@ -165,7 +169,7 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         noise = opt.noise_scale() if hasattr(opt, "noise_scale") else None
         if noise:
             scalars.update({"noise_g2": noise["g2"], "noise_trace_sigma": noise["trace"], "noise_scale": noise["b_simple"],
-                            "gradient_diversity_bound": noise["diversity_bound"], "batch_size": noise["batch"]})
+                            "gradient_diversity_bound": noise["diversity_bound"]})
         return scalars, hists
 
     def on_train_batch_end(self, batch, logs=None):
@@ -178,9 +182,10 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         scalars, hists = self.values()
         with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
             for k, v in scalars.items():
-                tf.summary.scalar(f"diagnostics/{k}", v)
+                if k != "learning_rate":  # logged once, as step/learning_rate
+                    tf.summary.scalar(f"diagnostics/{k}", v, description=tb_tags.DIAGNOSTICS[k])
             for k, v in hists.items():
-                tf.summary.histogram(f"diagnostics/{k}", v)
+                tf.summary.histogram(f"diagnostics/{k}", v, description=tb_tags.DIAGNOSTICS[k])
         self.writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -190,3 +195,30 @@ class DiagnosticsLogger(keras.callbacks.Callback):
                       "overflow_skips"):
                 if k in scalars:
                     logs[k] = scalars[k]
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """The epoch logs to TensorBoard, as Keras' TensorBoard callback writes them
+    (`<logdir>/train/epoch_<name>`, and `val_<name>` as `<logdir>/<evaluation>/epoch_<name>`,
+    step = epoch index), with descriptions, and without what is already logged per update
+    (`tb_tags.PER_UPDATE`: it stays in the logs and history.json). `evaluation` names the
+    per-epoch evaluation set: "validation", or "test" when it is the test set (no
+    validation split), so that the dashboard says which it is."""
+
+    def __init__(self, logdir, evaluation="validation"):
+        super().__init__()
+        self.evaluation = evaluation
+        self.writers = {False: tf.summary.create_file_writer(f"{logdir}/train"),
+                        True: tf.summary.create_file_writer(f"{logdir}/{evaluation}")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for k, v in (logs or {}).items():
+            validation = k.startswith("val_")
+            name = k[4:] if validation else k
+            if name in tb_tags.PER_UPDATE:
+                continue
+            with self.writers[validation].as_default(step=epoch), tf.summary.record_if(True):
+                tf.summary.scalar(f"epoch_{name}", float(v),
+                                  description=tb_tags.epoch(name, self.evaluation if validation else None))
+        for w in self.writers.values():
+            w.flush()

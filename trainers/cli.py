@@ -22,9 +22,32 @@ from trainers import config
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+NO_TENSORFLOW = ("the trainers need TensorFlow, which is not installed (the keras_sngm optimizers run on any Keras "
+                 "backend; sngm-train does not): pip install tensorflow-cpu==2.21.0 (GPU hosts: "
+                 "'tensorflow[and-cuda]==2.21.0'), or `make install` in this repository")
+
+
+def error(message):
+    """`sngm-train: error: MESSAGE` on stderr, from rank 0 only under horovodrun (every rank
+    exits 2); returns 2."""
+    if config.rank_from_env() == 0:
+        print(f"sngm-train: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors, printed by rank 0 only."""
+
+    def error(self, message):
+        if config.rank_from_env() == 0:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="sngm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sngm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for task in ("resnet", "deepfm"):
         config.add_flags(sub.add_parser(task, help=f"train {task} (flags: sngm-train {task} -h)"), task)
     sub.add_parser("study", help="a grid of runs: optimizers x batch sizes x seeds (sngm-train study -h)", add_help=False)
@@ -58,6 +81,12 @@ def main(argv=None):
         from trainers.planning import cli as plan
 
         return plan.main(argv[1:])
+    if argv[:1] in (["resnet"], ["deepfm"]):
+        for token in argv[1:]:
+            other = config.owner_of(token, argv[0]) if token.startswith("--") else None
+            if other:
+                return error(f"{token.split('=')[0]} is a flag of `sngm-train {other}`, not of `sngm-train {argv[0]}` "
+                             f"(sngm-train {argv[0]} -h lists its flags)")
     args = build_parser().parse_args(argv)
     if args.command == "gen-criteo":
         from trainers.data import planted_ctr
@@ -73,9 +102,16 @@ def main(argv=None):
     try:
         config.validate(cfg, args.command)  # before TensorFlow is imported or any data read
     except ValueError as e:
-        print(f"sngm-train: error: {e}", file=sys.stderr)
-        return 2
-    import tensorflow as tf
+        return error(str(e))
+    from trainers import quiet
+
+    try:
+        with quiet.banners_filtered():  # TensorFlow's import notices, not its warnings
+            import tensorflow as tf
+    except ModuleNotFoundError as e:
+        if e.name != "tensorflow":
+            raise
+        return error(NO_TENSORFLOW)
 
     from trainers import checkpoint, engine, tasks
     from trainers.data.images import DataNotFoundError
@@ -89,8 +125,7 @@ def main(argv=None):
               f"{'the newest checkpoint is ' + kept if kept else 'no checkpoint was written'}.", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError, DataNotFoundError) as e:
-        print(f"sngm-train: error: {e}", file=sys.stderr)
-        return 2
+        return error(str(e))
     except tf.errors.InvalidArgumentError as e:
         return _malformed_row(e)
     return 0
@@ -105,13 +140,11 @@ def _malformed_row(e):
     m = re.search(r"\[Malformed Criteo row:\] \[(.*?)\] \[line\] \[(\d+)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
     if m:
         path, line, reason, hint = text(m.groups())
-        print(f"sngm-train: error: malformed Criteo row in {path}, line {line}: {reason} {hint}", file=sys.stderr)
-        return 2
+        return error(f"malformed Criteo row in {path}, line {line}: {reason} {hint}")
     m = re.search(r"\[Bad image record:\] \[(.*?)\] \[:\] \[(.*?)\] \[(.*?)\]", str(e))
     if m:
         where, reason, hint = text(m.groups())
-        print(f"sngm-train: error: {where}: {reason}{hint}", file=sys.stderr)
-        return 2
+        return error(f"{where}: {reason}{hint}")
     raise e
 
 
@@ -136,8 +169,7 @@ def _prep_criteo(args):
         meta = criteo_binary.prepare(criteo.resolve_files(args.data), args.out, args.hash_space, args.rows_per_shard,
                                      args.skip_bad_rows)
     except (ValueError, FileNotFoundError) as e:
-        print(f"sngm-train: error: {e}", file=sys.stderr)
-        return 2
+        return error(str(e))
     except tf.errors.InvalidArgumentError as e:
         return _malformed_row(e)
     print(f"prepared {meta['rows']} rows in {len(meta['shards'])} part files in {args.out}"

@@ -23,6 +23,7 @@ CIFAR_DEPTHS_HINT = "6n+2 (20, 32, 44, 56, 110) for 32x32 input, 18/34/50 for Im
 
 
 def knob(default, why, tasks=BOTH, choices=None, default_factory=None, parse=None):
+    """A field of `Config`: `why` is its reason, one text, or {task: text} where the tasks differ."""
     meta = {"help": why, "tasks": tasks, "choices": choices, "parse": parse}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
@@ -67,22 +68,31 @@ class Config:
                            "as linear does past the critical batch; none for sngm, block_sngm and lars, whose step "
                            "length lr*||u|| <= lr/(1-beta) does not depend on B (they refuse any other)",
                            choices=("default", "none", "linear", "sqrt", "adascale"))
-    micro_batch: int = knob(128, "examples per worker per forward pass; B/(workers x micro-batch) are accumulated "
-                            "(the paper: 128)")
+    micro_batch: int = knob(128, {
+        "resnet": "examples per worker per forward pass; B/(workers x micro-batch) are accumulated (the paper's "
+                  "ImageNet runs: 128)",
+        "deepfm": "examples per worker per forward pass; B/(workers x micro-batch) are accumulated (memory is rarely "
+                  "the limit for DeepFM: a larger micro-batch means fewer passes)"})
     lr: float = knob(1.6, "peak learning rate for the global batch (SNGM's step length is lr*||u|| <= lr/(1-beta))")
-    schedule: str = knob("poly", "the paper uses poly-power or cosine, without warm-up", choices=SCHEDULES)
+    schedule: str = knob("poly", {
+        "resnet": "the paper's image runs use poly-power or cosine, without warm-up",
+        "deepfm": "the paper's CTR runs use a constant lr: no decay, no warm-up"}, choices=SCHEDULES)
     power: float = knob(1.1, "poly power p in lr*(1-t/T)^p (the paper: 1.1 or 2)")
     warmup_epochs: float = knob(0.0, "linear warm-up; SNGM needs none, MSGD and LARS at large batch usually do")
     warmup_start: float = knob(0.0, "the lr the warm-up ramps from (the paper's v1 LARS: 0.1); must be < --lr")
     lr_per_epoch: bool = knob(False, "hold the lr fixed within an epoch, as PyTorch schedulers stepped once per "
                               "epoch do (the paper's cosine: lr_m = lr * (1 + cos(pi m / epochs)) / 2)")
-    step_epochs: list = knob(None, "epochs after which --schedule step divides the lr by 10 (He et al.'s ImageNet "
-                             "recipe: 30 60 of 90); empty = after 50% and 75% of --epochs (CIFAR: 80 and 120 of 160)",
-                             default_factory=list)
+    step_epochs: list = knob(None, {
+        "resnet": "epochs after which --schedule step divides the lr by 10 (He et al.'s ImageNet recipe: 30 60 of "
+                  "90); empty = after 50% and 75% of --epochs (CIFAR: 80 and 120 of 160)",
+        "deepfm": "epochs after which --schedule step divides the lr by 10; empty = after 50% and 75% of --epochs"},
+        default_factory=list)
     momentum: float = knob(0.9, "beta of the momentum, in [0, 1)")
-    weight_decay: float = knob(1e-4, "L2 strength (the paper's ResNet value 1e-4)")
+    weight_decay: float = knob(1e-4, {"resnet": "L2 strength (the paper's ResNet value 1e-4)",
+                                      "deepfm": "L2 strength (the paper's DeepFM value 1e-3, in the torch optimizer)"})
     trust_coefficient: float = knob(0.001, "LARS eta: scales the trust ratio ||w||/||g||")
-    epochs: int = knob(160, "passes over the training data (the paper's CIFAR setting)")
+    epochs: int = knob(160, {"resnet": "passes over the training data (the paper's CIFAR setting: 160; ImageNet: 90)",
+                             "deepfm": "passes over the training data (the paper's CTR setting: 10)"})
     on_nonfinite: str = knob("stop", "adam and lamb (Keras optimizers) on a NaN/Inf gradient: stop (it reaches the weights and "
                              "the divergence guard ends the run, nothing saved) or skip (the update is skipped and "
                              "counted); msgd, sngm, block_sngm and lars always skip such a step",
@@ -117,8 +127,10 @@ class Config:
     stop_after_updates: int = knob(0, "end this invocation after N updates, mid-epoch if need be, with a "
                                    "checkpoint there (fixed-size job slices); 0 = no limit")
     ckpt_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)")
-    ckpt_every_steps: int = knob(0, "also checkpoint every N updates within an epoch (ImageNet epochs are long); "
-                                 "--resume then continues from the exact next micro-batch; 0 = epoch ends only")
+    ckpt_every_steps: int = knob(0, {
+        task: f"also checkpoint every N updates within an epoch ({what} epochs are long); --resume then continues "
+              f"from the exact next micro-batch; 0 = epoch ends only"
+        for task, what in (("resnet", "ImageNet"), ("deepfm", "Criteo's"))})
     ckpt_every_minutes: float = knob(0.0, "also checkpoint within an epoch once this many minutes have passed since "
                                      "the last checkpoint (at the next update's end); 0 = off")
     keep: int = knob(3, "checkpoints kept (0 = all)")
@@ -162,8 +174,10 @@ class Config:
     hidden: list = knob(None, "DNN widths (the DeepFM paper: 400 400 400)", DEEPFM,
                         default_factory=lambda: [400, 400, 400])
     dropout: float = knob(0.0, "DNN dropout, in [0, 1)", DEEPFM)
-    shuffle_buffer: int = knob(10_000, "records in the shuffle window of streamed data, Criteo rows or ImageNet's "
-                               "encoded JPEGs (about 110 KB each): memory is bounded by it, not by the files")
+    shuffle_buffer: int = knob(10_000, {
+        "resnet": "records in the shuffle window of streamed ImageNet (encoded JPEGs of about 110 KB each): memory is "
+                  "bounded by it, not by the files",
+        "deepfm": "Criteo rows in the shuffle window of streamed data: memory is bounded by it, not by the files"})
     skip_bad_rows: bool = knob(False, "drop and count malformed rows instead of stopping at the first", DEEPFM)
 
 
@@ -194,6 +208,25 @@ def lr_gain(lr_scaling, optimizer):
     return lr_scaling
 
 
+def check_batch(global_batch, workers, micro_batch):
+    """Returns micro-batches per update; the global batch must split evenly."""
+    if global_batch <= 0 or micro_batch <= 0:
+        raise ValueError(f"--batch-size and --micro-batch must be positive. Received: {global_batch}, {micro_batch}")
+    if global_batch % (workers * micro_batch):
+        raise ValueError(
+            f"--batch-size {global_batch} is not divisible by workers x micro-batch = {workers} x {micro_batch} "
+            f"= {workers * micro_batch}: choose a global batch that is a multiple of {workers * micro_batch}.")
+    return global_batch // (workers * micro_batch)
+
+
+def _known_train_examples(cfg):
+    """At most this many training examples, where the flags alone say so (else 0; DeepFM's
+    rows are counted in the files)."""
+    if cfg.dataset == "synthetic":
+        return cfg.train_subset or 4096
+    return cfg.train_subset
+
+
 def workers_from_env():
     """The number of processes horovodrun started (its environment), 1 outside it: known
     before Horovod or TensorFlow is imported, for the checks that need it."""
@@ -201,6 +234,32 @@ def workers_from_env():
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 1
+
+
+def reason(f, task):
+    """Field `f`'s reason, as `task`'s help gives it."""
+    why = f.metadata["help"]
+    return why[task] if isinstance(why, dict) else why
+
+
+def rank_from_env():
+    """This process's rank under horovodrun (its environment), 0 outside it."""
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def owner_of(flag_text, task):
+    """The other task whose flag `flag_text` (`--depth` or `--depth=50`) is, or None."""
+    name = flag_text.split("=")[0][2:].replace("-", "_")
+    mine = {f.name for f in fields_of(task)}
+    if name.startswith("no_") and name not in mine:  # --no-download: the negation of a switch
+        name = name[3:]
+    for other in ("resnet", "deepfm"):
+        if other != task and name not in mine and name in {f.name for f in fields_of(other)}:
+            return other
+    return None
 
 
 def fields_of(task):
@@ -222,7 +281,7 @@ def add_flags(parser, task):
     base = defaults(task)
     for f in fields_of(task):
         default = getattr(base, f.name)
-        kw = {"default": default, "help": f"{f.metadata['help']} (default: {default})".replace("%", "%%")}  # argparse
+        kw = {"default": default, "help": f"{reason(f, task)} (default: {default})".replace("%", "%%")}  # argparse
         if f.metadata["choices"]:
             kw["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
@@ -290,6 +349,11 @@ def validate(cfg, task):
         need(cfg.dataset != "synthetic" or cfg.num_classes != 1, "num_classes", "must be >= 2")
         need(finite(cfg.validation_split) and 0 <= cfg.validation_split < 1, "validation_split", "must be in [0, 1)")
         need(not cfg.data_dir or os.path.exists(cfg.data_dir), "data_dir", "does not exist")
+        from trainers.data import layouts  # file names only: no TensorFlow
+
+        problem = layouts.check(cfg.data_dir, cfg.dataset)
+        if problem:
+            raise ValueError(problem)
     else:
         need(bool(cfg.data), "data", "is required: Criteo files, or 'synthetic'")
         need(cfg.data == "synthetic" or bool(_glob(cfg.data)), "data", "matches no file or directory")
@@ -311,6 +375,12 @@ def _check_adaptive(cfg, need, finite):
             need(not getattr(cfg, name), name, "is used only with --batch-size auto")
         need(cfg.lr_scaling == "default", "lr_scaling", "is used only with --batch-size auto (a fixed batch keeps "
              "--lr as given)")
+        if cfg.micro_batch >= 1:
+            check_batch(cfg.batch_size, workers_from_env(), cfg.micro_batch)  # before any import or data
+        known = _known_train_examples(cfg)
+        if known > 0 and cfg.batch_size > known:
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {known} training examples "
+                             f"({'--train-subset' if cfg.train_subset else '--dataset synthetic'}).")
         return
     from trainers import batch_adapter
 

@@ -11,19 +11,9 @@ import keras
 
 from trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, recipes, segments, tb_layout, timing,
                       xla_step)
-from trainers.callbacks import DiagnosticsLogger, ProgressLogger
+from trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
+from trainers.config import check_batch
 from trainers.guard import Diverged, DivergenceGuard
-
-
-def check_batch(global_batch, workers, micro_batch):
-    """Returns micro-batches per update; the global batch must split evenly."""
-    if global_batch <= 0 or micro_batch <= 0:
-        raise ValueError(f"--batch-size and --micro-batch must be positive. Received: {global_batch}, {micro_batch}")
-    if global_batch % (workers * micro_batch):
-        raise ValueError(
-            f"--batch-size {global_batch} is not divisible by workers x micro-batch = {workers} x {micro_batch} "
-            f"= {workers * micro_batch}: choose a global batch that is a multiple of {workers * micro_batch}.")
-    return global_batch // (workers * micro_batch)
 
 
 def finished(run_dir, epochs):
@@ -142,8 +132,9 @@ def train(cfg, task_cls):
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(resolved, f, indent=1, default=str)
         if cfg.verbose:
-            other = {f.name for f in config.fields_of("deepfm" if task.name == "resnet" else "resnet")}
-            shown = {k: v for k, v in resolved.items() if k not in other}
+            other = ({f.name for f in config.fields_of("deepfm" if task.name == "resnet" else "resnet")}
+                     - {f.name for f in config.fields_of(task.name)})  # the other task's own flags
+            shown = {k: v for k, v in resolved.items() if k not in other}  # the recipe first, as in --help
             print("sngm-train configuration:\n" + "\n".join(f"  {k:>24}: {v}" for k, v in shown.items()), flush=True)
 
     if cfg.elastic:  # HVD: workers may leave and join; see trainers/elastic.py
@@ -180,7 +171,8 @@ def train(cfg, task_cls):
     if rank == 0:
         # Epoch scalars only: Keras' batch-level points count micro-batches, ours
         # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
-        closing.append(keras.callbacks.TensorBoard(run_dir, update_freq="epoch", write_graph=False))
+        held_out = cfg.validation_split or cfg.val_data or cfg.dataset == "imagenet"  # else the test set
+        closing.append(EpochLogger(run_dir, "validation" if held_out else "test"))
     end_epoch = min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
     seen, ran = {}, []  # the epoch logs of this invocation's complete epochs; its segments
     stream = segments.Stream(task, rank, size, cfg.micro_batch)
@@ -257,6 +249,11 @@ def train(cfg, task_cls):
     if rank == 0:
         _write_results(run_dir, full, first_epoch, {**final, "epochs": cfg.epochs, "epochs_done": epochs_done,
                                                     **_counts(opt, adapter, batch), **agreeing}, adapter)
+        if cfg.verbose:
+            shown = {k: v for k, v in final.items() if k.startswith("test_")}
+            if shown:
+                print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                      + f" (after {epochs_done} epochs; in {os.path.join(run_dir, 'final.json')})", flush=True)
     return full, model, task
 
 

@@ -311,17 +311,18 @@ def _gaps(spec, rows, metric, batches, scale):
     if len(batches) < 1 or not any(o == "sngm" for o, _ in means):
         return []
     unit = "points" if scale == 100 else metric
-    lines = ["", f"SNGM's lead (SNGM minus the optimizer, mean test {metric} in {unit}; diverged = chance) and each "
-             f"optimizer's change from B={batches[0]} to B={batches[-1]}:", "",
-             "| optimizer | " + " | ".join(f"B={b}" for b in batches) + f" | B={batches[0]} → {batches[-1]} |",
-             "| --- |" + " ---: |" * (len(batches) + 1)]
+    change = f" and each optimizer's change from B={batches[0]} to B={batches[-1]}" if len(batches) > 1 else ""
+    lines = ["", f"SNGM's lead (SNGM minus the optimizer, mean test {metric} in {unit}; diverged = chance){change}:", "",
+             "| optimizer | " + " | ".join(f"B={b}" for b in batches)
+             + (f" | B={batches[0]} → {batches[-1]} |" if len(batches) > 1 else " |"),
+             "| --- |" + " ---: |" * (len(batches) + (len(batches) > 1))]
     fmt = "{:+.2f}" if scale == 100 else "{:+.4f}"
     for o in _labels(spec):
         cells = [fmt.format(means[("sngm", b)] - means[(o, b)]) if ("sngm", b) in means and (o, b) in means else "-"
                  for b in batches]
         first, last = means.get((o, batches[0])), means.get((o, batches[-1]))
-        change = fmt.format(last - first) if first is not None and last is not None and len(batches) > 1 else "-"
-        lines.append(f"| {o} | " + " | ".join(cells) + f" | {change} |")
+        change = fmt.format(last - first) if first is not None and last is not None else "-"
+        lines.append(f"| {o} | " + " | ".join(cells) + (f" | {change} |" if len(batches) > 1 else " |"))
     return lines
 
 
@@ -350,11 +351,15 @@ def _markdown(spec, rows, curves, metric, best_auc):
             elif all(r["diverged"] for r in sel):
                 cells.append(f"diverged at every lr (best tried {sel[0]['lr']:.3g}){tail}")
             else:
-                m, sd = _mean_std([r[f"test_{metric}"] * scale for r in sel if not r["diverged"]])
+                finite = [r[f"test_{metric}"] * scale for r in sel if not r["diverged"]]
+                m, sd = _mean_std(finite)
                 nd = sum(r["diverged"] for r in sel)
-                cells.append(f"{m:.2f} ± {sd:.2f}" if scale == 100 else f"{m:.4f} ± {sd:.4f}")
+                digits = 2 if scale == 100 else 4
+                # one run has no spread to show
+                cells.append(f"{m:.{digits}f} ± {sd:.{digits}f}" if len(finite) > 1 else f"{m:.{digits}f}")
                 swept = {r["lr"] for r in rows if r["optimizer"] == o and r["batch_size"] == b}
-                edge = ", edge" if len(swept) > 1 and sel[0]["lr"] in (min(swept), max(swept)) else ""
+                # a single lr tried is both ends of its sweep: the best is not bracketed either
+                edge = ", edge" if sel[0]["lr"] in (min(swept), max(swept)) else ""
                 cells[-1] += f" ({sel[0]['lr']:.3g}{edge}, n={len(sel)}{f', {nd} diverged' if nd else ''}){tail}"
         lines.append(f"| {o} | " + " | ".join(cells) + " |")
     lines += _gaps(spec, rows, metric, batches, scale)

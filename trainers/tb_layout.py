@@ -9,8 +9,8 @@ CHARTS = {
     "large batch": [
         ("B_simple (critical batch estimate) and the batch in use", ["^diagnostics/noise_scale$", "^step/batch_size$"]),
         ("||u|| and its Lemma 2 bound 1/(1-beta)", ["^diagnostics/momentum_norm$", "^diagnostics/momentum_norm_bound$"]),
-        ("learning rate, step length lr*||u|| and momentum SGD's lr/(1-beta)",
-         ["^step/learning_rate$", "^diagnostics/step_length$", "^diagnostics/effective_lr$"]),
+        ("learning rate, the step taken ||w_t - w_(t+1)|| and momentum SGD's lr/(1-beta)",
+         ["^step/learning_rate$", "^diagnostics/update_norm$", "^diagnostics/effective_lr$"]),
     ],
 }
 

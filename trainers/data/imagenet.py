@@ -74,9 +74,12 @@ def find(data_dir="", tfds_dir="", download=True, verbose=True):
                 return _tfrecords(base, verbose)
             if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(os.path.join(base, "val")):
                 return _folder(base)
+        if not all(os.path.isfile(os.path.join(data_dir, f)) for f in MANUAL_FILES):  # nor a TFDS manual_dir
+            from trainers.data import layouts
+
+            raise DataNotFoundError(f"--data-dir {data_dir} holds none of {layouts.IMAGENET_LAYOUTS}; a folder you "
+                                    f"name is never downloaded into")
         looked.append(f"--data-dir {data_dir}: no train-NNNNN-of-NNNNN TFRecord shards, no train/ and val/ folders")
-        if not all(os.path.isfile(os.path.join(data_dir, f)) for f in MANUAL_FILES):
-            data_dir = ""  # not a TFDS manual_dir either
     try:
         return _tfds(tfds_dir, data_dir, download, verbose)
     except DataNotFoundError as e:

@@ -31,6 +31,14 @@ class DataNotFoundError(FileNotFoundError):
     pass
 
 
+def _say(message):
+    """A note on stdout, from rank 0 only under horovodrun (every rank does the work)."""
+    from trainers.config import rank_from_env
+
+    if rank_from_env() == 0:
+        print(message, flush=True)
+
+
 def _cache_dir():
     return os.environ.get("SNGM_DATA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras-sngm", "data"))
 
@@ -108,8 +116,8 @@ def _content_key(listing, image_size):
     h = hashlib.sha1(f"v2:{image_size}".encode())
     for split in ("train", "test"):
         for f, label in zip(*listing[split]):
-            st = os.stat(f)
-            h.update(f"{split}\0{f}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            st, real = os.stat(f), os.path.realpath(f)  # one entry, however the folder was named
+            h.update(f"{split}\0{real}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -140,7 +148,7 @@ def _read_image_folder(base, image_size):
             return (d["xtr"], d["ytr"]), (d["xte"], d["yte"]), len(classes)
     total = sum(len(listing[s][0]) for s in listing)
     if total > 5000:
-        print(f"decoding {total} images under {base} (once: cached in {os.path.dirname(cache)})", flush=True)
+        _say(f"decoding {total} images under {base} (once: cached in {os.path.dirname(cache)})")
     out = [(_decode_all(listing[s][0], image_size), np.asarray(listing[s][1], np.int64)) for s in ("train", "test")]
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     tmp = cache + f".tmp{os.getpid()}.npz"
@@ -150,12 +158,13 @@ def _read_image_folder(base, image_size):
 
 
 def _unpack_tar(path):
-    digest = hashlib.sha1(f"{os.path.abspath(path)}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}".encode()).hexdigest()[:16]
+    # the real path: the same tar named by another relative path or through a symlink is one cache entry
+    digest = hashlib.sha1(f"{os.path.realpath(path)}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}".encode()).hexdigest()[:16]
     dest = os.path.join(_cache_dir(), "tar-" + digest)
     if not os.path.isfile(os.path.join(dest, ".complete")):
         tmp = dest + f".tmp{os.getpid()}"
         os.makedirs(tmp, exist_ok=True)
-        print(f"unpacking {path} ({os.path.getsize(path) / 1e6:.0f} MB, once) into {dest}", flush=True)
+        _say(f"unpacking {path} ({os.path.getsize(path) / 1e6:.0f} MB, once) into {dest}")
         try:
             with tarfile.open(path) as t:
                 t.extractall(tmp, filter="data")
@@ -188,7 +197,10 @@ def load(dataset="cifar10", data_dir=None, tfds_dir=None, download=True, image_s
             if base:
                 train, test, classes = _read_image_folder(base, image_size)
                 return train, test, classes, f"image folder {base}"
-        looked.append(f"--data-dir {data_dir} (no CIFAR pickle/binary batches, no train/ and test/ class folders, not a tar)")
+        from trainers.data import layouts
+
+        raise DataNotFoundError(f"--data-dir {data_dir} holds none of {layouts.CIFAR_LAYOUTS}; a folder you name is "
+                                f"never downloaded into")
     if dataset in ("cifar10", "cifar100"):
         try:
             return _load_tfds(dataset, tfds_dir, download) + (f"tensorflow-datasets {dataset}",)
