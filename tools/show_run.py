@@ -1,6 +1,6 @@
 """Prints what TensorBoard will show for a run directory, read back from its event
 files with TensorBoard's own reader: each diagnostics/* and step/* tag with its number
-of points and its last value.
+of points, its last value and its description.
 
     .venv/bin/python tools/show_run.py runs/demo
 """
@@ -9,9 +9,13 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tensorflow as tf  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from trainers import quiet  # noqa: E402
+
+with quiet.banners_filtered():  # TensorFlow's import notices
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def main(run_dir):
@@ -25,13 +29,13 @@ def main(run_dir):
                 events = acc.Tensors(tag)
                 value = tf.make_ndarray(events[-1].tensor_proto)
                 shown = f"{float(value):.4g}" if value.ndim == 0 else f"histogram ({value.shape[0]} buckets)"
-                rows[tag] = (len(events), events[-1].step, shown)
+                rows[tag] = (len(events), events[-1].step, shown, acc.SummaryMetadata(tag).summary_description)
     if not rows:
         print(f"no step-level or diagnostics points in {train}")
         return 1
-    print(f"{'tag':<40} {'points':>6} {'last step':>9}  last value")
-    for tag, (n, step, shown) in sorted(rows.items()):
-        print(f"{tag:<40} {n:>6} {step:>9}  {shown}")
+    print(f"{'tag':<40} {'points':>6} {'last step':>9}  {'last value':<12} description")
+    for tag, (n, step, shown, about) in sorted(rows.items()):
+        print(f"{tag:<40} {n:>6} {step:>9}  {shown:<12} {about}")
     return 0
 
 
