@@ -192,7 +192,7 @@ def test_resume_across_a_batch_change_is_bit_identical(tmp_path):
     """Killed (--stop-after-updates) 3 updates after the first change, mid-epoch 2, and again
     after the second: the resumed run ends with the weights, optimizer state, logs and
     batch trajectory of the uninterrupted one."""
-    from test_trainers import weights_of
+    from helpers import weights_of
 
     flags = AUTO + ["--deterministic", "--ckpt-every-steps", "4"]
     straight = sngm_train(flags + ["--logdir", str(tmp_path / "a")])

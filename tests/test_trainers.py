@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import sngm_train
+from helpers import sngm_train, weights_of
 
 from trainers import checkpoint
 
@@ -19,42 +19,6 @@ BIN = os.path.dirname(sys.executable)
 SMALL = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "128", "--num-classes", "4",
          "--batch-size", "32", "--micro-batch", "16", "--lr", "0.3", "--seed", "5", "--no-verbose", "--log-every", "2"]
 
-
-
-def weights_of(ckpt):
-    import h5py
-
-    out = []
-    with h5py.File(os.path.join(ckpt, "model.weights.h5")) as f:
-        f.visititems(lambda name, obj: out.append((name, obj[()])) if hasattr(obj, "shape") else None)
-    return out
-
-
-def test_resume_equals_uninterrupted(tmp_path):
-    flags = SMALL + ["--epochs", "3", "--deterministic"]
-    straight = sngm_train(flags + ["--logdir", str(tmp_path / "a")])
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    part = sngm_train(flags + ["--logdir", str(tmp_path / "b"), "--stop-after", "2"])
-    assert part.returncode == 0, part.stderr[-2000:]
-    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path / "b")] == ["ckpt-00001", "ckpt-00002"]
-    rest = sngm_train(flags + ["--logdir", str(tmp_path / "b"), "--resume"])
-    assert rest.returncode == 0, rest.stderr[-2000:]
-    assert json.load(open(tmp_path / "b" / "config.json"))["first_epoch"] == 2
-    a, b = weights_of(tmp_path / "a" / "ckpt-00003"), weights_of(tmp_path / "b" / "ckpt-00003")
-    assert [n for n, _ in a] == [n for n, _ in b] and len(a) > 10
-    for (name, x), (_, y) in zip(a, b):
-        np.testing.assert_array_equal(x, y, err_msg=name)  # exact in one process
-    ha = json.load(open(tmp_path / "a" / "history.json"))["history"]
-    hb = json.load(open(tmp_path / "b" / "history.json"))["history"]
-    assert len(hb["loss"]) == 3 and hb["loss"] == ha["loss"]  # every epoch, across the resume
-    assert hb["val_accuracy"] == ha["val_accuracy"]
-    # Resuming a finished run changes nothing and says so.
-    before = {f: open(tmp_path / "b" / f).read() for f in ("final.json", "history.json")}
-    again = sngm_train([f for f in flags if f != "--no-verbose"] + ["--logdir", str(tmp_path / "b"), "--resume"])
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "already finished all 3 epochs: nothing to do" in again.stdout
-    assert {f: open(tmp_path / "b" / f).read() for f in before} == before
-    assert json.load(open(tmp_path / "b" / "final.json"))["val_accuracy"] == ha["val_accuracy"][-1]
 
 
 def _task_flags(task, tmp_path):

@@ -8,7 +8,10 @@
     sngm-train plan --run runs/ref --target val_accuracy=0.58 --workers 1,8,64 ...   (see `sngm-train plan -h`)
 
 Exit status: 0 done (or already finished), 2 bad flags or data, 3 training diverged
-(a NaN/Inf loss or weights; nothing non-finite is saved).
+(a NaN/Inf loss or weights; nothing non-finite is saved), 4 a checkpoint could not be
+written (a full disk: the previous checkpoint is kept), 128 + N stopped cleanly by signal
+N of --stop-signals (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1; a checkpoint was
+written, resume with --resume).
 """
 
 import argparse
@@ -45,11 +48,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser():
+def build_parser(given_only=False):
     parser = _Parser(prog="sngm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for task in ("resnet", "deepfm"):
-        config.add_flags(sub.add_parser(task, help=f"train {task} (flags: sngm-train {task} -h)"), task)
+        config.add_flags(sub.add_parser(task, help=f"train {task} (flags: sngm-train {task} -h)"), task, given_only)
     sub.add_parser("study", help="a grid of runs: optimizers x batch sizes x seeds (sngm-train study -h)", add_help=False)
     sub.add_parser("plan", help="predict time to accuracy for N workers and batch B from measured runs "
                                 "(sngm-train plan -h)", add_help=False)
@@ -100,6 +103,11 @@ def main(argv=None):
         return _prep_criteo(args)
     cfg = config.from_args(args, args.command)
     try:
+        if cfg.resume:  # the run's own settings, from its config.json
+            from trainers import resume
+
+            cfg = resume.settings(cfg, set(vars(build_parser(given_only=True).parse_args(argv))) - {"command"},
+                                  args.command)
         config.validate(cfg, args.command)  # before TensorFlow is imported or any data read
     except ValueError as e:
         return error(str(e))
@@ -116,9 +124,15 @@ def main(argv=None):
     from trainers import checkpoint, engine, tasks
     from trainers.data.images import DataNotFoundError
     from trainers.guard import Diverged
+    from trainers.preemption import Preempted
 
     try:
         engine.train(cfg, tasks.TASKS[args.command])
+    except Preempted as e:
+        return _preempted(e, cfg, args.command)
+    except checkpoint.CheckpointWriteError as e:
+        print(f"sngm-train: error: {e}", file=sys.stderr, flush=True)
+        return 4
     except Diverged as e:
         kept = checkpoint.latest(cfg.logdir)
         print(f"sngm-train: error: training diverged: {e}. Nothing non-finite was saved; "
@@ -129,6 +143,19 @@ def main(argv=None):
     except tf.errors.InvalidArgumentError as e:
         return _malformed_row(e)
     return 0
+
+
+def _preempted(e, cfg, task):
+    """The message of a clean stop for a signal; returns 128 + the signal's number."""
+    rank = config.rank_from_env()
+    if e.checkpoint:
+        print(f"sngm-train: {e} (the update in flight was finished); checkpoint {e.checkpoint}; final.json "
+              f"is not written. Continue with: sngm-train {task} --logdir {cfg.logdir} --resume", file=sys.stderr,
+              flush=True)
+    else:
+        print(f"sngm-train: rank {rank} {e}, with every rank (rank 0 wrote the checkpoint in {cfg.logdir})",
+              file=sys.stderr, flush=True)
+    return e.exit_status
 
 
 def _malformed_row(e):

@@ -126,6 +126,12 @@ class Config:
                            "--epochs; 0 = run to the end")
     stop_after_updates: int = knob(0, "end this invocation after N updates, mid-epoch if need be, with a "
                                    "checkpoint there (fixed-size job slices); 0 = no limit")
+    stop_signals: str = knob("TERM,INT,USR1", "signals that stop the run cleanly (SLURM and Kubernetes send TERM "
+                             "before they kill a job; Ctrl-C is INT; not with --elastic, where a signalled worker "
+                             "leaves and the others go on): the update in flight is finished, all workers "
+                             "stop at the same update, rank 0 writes a checkpoint, and every worker exits with "
+                             "128 + the signal's number (143 for TERM); --resume continues exactly. A comma-separated "
+                             "list of names (TERM or SIGTERM), or none")
     ckpt_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)")
     ckpt_every_steps: int = knob(0, {
         task: f"also checkpoint every N updates within an epoch ({what} epochs are long); --resume then continues "
@@ -227,6 +233,24 @@ def _known_train_examples(cfg):
     return cfg.train_subset
 
 
+def stop_signals(text):
+    """The signal numbers of `--stop-signals` ("TERM,INT,USR1", "SIGTERM", "none")."""
+    import signal
+
+    if text.strip().lower() == "none":
+        return []
+    out = []
+    for part in text.split(","):
+        key = part.strip().upper()
+        key = key if key.startswith("SIG") else "SIG" + key
+        number = getattr(signal.Signals, key, None) if key not in ("SIGKILL", "SIGSTOP") else None
+        if number is None:
+            raise ValueError(f"--stop-signals: {part.strip()!r} is not a signal that can be caught (names such as "
+                             f"TERM, INT, USR1, USR2, HUP, or none). Received: {text!r}")
+        out.append(int(number))
+    return out
+
+
 def workers_from_env():
     """The number of processes horovodrun started (its environment), 1 outside it: known
     before Horovod or TensorFlow is imported, for the checks that need it."""
@@ -274,14 +298,17 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def add_flags(parser, task):
-    """One flag per field of `task`, with the field's reason as its help."""
+def add_flags(parser, task, given_only=False):
+    """One flag per field of `task`, with the field's reason as its help. With
+    `given_only`, flags not on the command line are left out of the parsed namespace
+    (what `--resume` compares with the run's own settings)."""
     import argparse
 
     base = defaults(task)
     for f in fields_of(task):
         default = getattr(base, f.name)
-        kw = {"default": default, "help": f"{reason(f, task)} (default: {default})".replace("%", "%%")}  # argparse
+        kw = {"default": argparse.SUPPRESS if given_only else default,
+              "help": f"{reason(f, task)} (default: {default})".replace("%", "%%")}  # argparse
         if f.metadata["choices"]:
             kw["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
@@ -331,6 +358,7 @@ def validate(cfg, task):
              "every --commit-every updates instead")
     need(not (cfg.elastic and cfg.steps_per_execution > 1), "steps_per_execution",
          "must be 1 with --elastic (its worker count, and so the micro-batches per update, can change)")
+    stop_signals(cfg.stop_signals)
     _check_logdir(cfg.logdir)
     if task == "resnet":
         need(cfg.image_size >= 8, "image_size", "must be >= 8")

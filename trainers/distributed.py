@@ -90,6 +90,20 @@ def allreduce_mean(values, name=None):
     return [float(v) for v in out.numpy()]
 
 
+def allreduce_max(values, name=None):
+    """The largest of each float scalar over processes (returns Python floats): a verdict
+    any one rank can raise."""
+    if not _on():
+        return [float(v) for v in values]
+    out = hvd.allreduce(tf.constant(values, tf.float64), op=hvd.Max, name=name)  # HVD
+    return [float(v) for v in out.numpy()]
+
+
+def allgather_object(obj):
+    """Every process's `obj`, in rank order (a one-item list in one process)."""
+    return hvd.allgather_object(obj) if _on() else [obj]  # HVD
+
+
 def allreduce_gradients(grads, compression="none", sparse_as_dense=False):
     """Averages gradients over processes: one grouped allreduce for the dense ones,
     one grouped allgather-based reduction for the IndexedSlices (mixing both in one

@@ -13,6 +13,11 @@ micro-batches, and the gradient is still averaged over all of them before the
 optimizer, so SNGM's norm is still the global one. The data position is exact: epoch e
 is a pure function of (seed, e) and update u starts at global micro-batch u*B/micro,
 whatever the number of workers. Rank 0 writes a checkpoint at every epoch end.
+
+It logs as the standard loop does: the per-update TensorBoard scalars (`step/*`), the
+diagnostics (`diagnostics/*`), the progress lines with their ETA, on one step axis (the
+update count). After a rollback the updates since the last commit are done again and
+logged again: TensorBoard then holds two points at those steps, the later one current.
 """
 
 import json
@@ -22,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainers import checkpoint, distributed, recipes
+from trainers import checkpoint, distributed, recipes, segments
+from trainers.callbacks import DiagnosticsLogger, ProgressLogger
 from trainers.guard import DivergenceGuard
 
 import horovod.tensorflow as hvd  # HVD
@@ -62,12 +68,13 @@ class KerasState(ObjectState):  # HVD
         super().sync()
 
 
-def train(cfg, task, model, inner, compile_fn, updates_per_epoch, run_dir, extra, first_update=0):
+def train(cfg, task, model, inner, compile_fn, updates_per_epoch, run_dir, extra, first_update=0, schedule=None):
     """Runs updates `first_update`..`cfg.epochs * updates_per_epoch` elastically; returns
     the updates done.
 
     `compile_fn(optimizer)` compiles `model` with a Horovod-wrapped optimizer; it is
-    called again, with the new accumulation, after every change of workers.
+    called again, with the new accumulation, after every change of workers. `schedule`
+    is the lr schedule the loggers report.
     """
     inner.build(model.trainable_variables)
     total = cfg.epochs * updates_per_epoch
@@ -90,13 +97,22 @@ def train(cfg, task, model, inner, compile_fn, updates_per_epoch, run_dir, extra
         if rank == 0:  # (rare: at the start and after each change of workers)
             print(f"elastic: {size} workers x {k} micro-batches of {cfg.micro_batch} per update, from update "
                   f"{state.update} of {total}", flush=True)
+        progress = segments.Progress(cfg.micro_batch, size)  # the loggers of the standard loop, on rank 0 now
+        loggers = [ProgressLogger(run_dir, progress, cfg.log_every, write=rank == 0, schedule=schedule,
+                                  total_examples=total * cfg.batch_size, total_updates=total,
+                                  show=cfg.verbose and rank == 0)]
+        if cfg.diagnostics_every:
+            loggers.append(DiagnosticsLogger(run_dir, progress, cfg.diagnostics_every, write=rank == 0,
+                                             schedule=schedule))
         while state.update < total:
             epoch, done = divmod(state.update, updates_per_epoch)
             n = min(cfg.commit_every, updates_per_epoch - done)
             data = task.train_dataset(epoch, rank, size, cfg.micro_batch).skip(done * k)  # exact position
+            progress.begin(segments.Segment(epoch, epoch + 1, done * k, n * k, k, done, done + n == updates_per_epoch,
+                                            False), state.update * cfg.batch_size)
             try:
-                model.fit(data, epochs=1, steps_per_epoch=n * k, verbose=0, shuffle=False,
-                          callbacks=[DivergenceGuard(k)])
+                model.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=n * k, verbose=0,
+                          shuffle=False, callbacks=loggers + [DivergenceGuard(k)])
             except tf.errors.OpError as e:  # a collective failed: a worker left
                 if "Horovod" in str(e) or "horovod" in str(e):
                     raise HorovodInternalError(e) from None  # HVD: roll back to the last commit

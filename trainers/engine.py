@@ -9,8 +9,8 @@ import warnings
 
 import keras
 
-from trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, recipes, segments, tb_layout, timing,
-                      xla_step)
+from trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, preemption, recipes, resume,
+                      segments, tb_layout, timing, xla_step)
 from trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
 from trainers.config import check_batch
 from trainers.guard import Diverged, DivergenceGuard
@@ -35,9 +35,19 @@ def train(cfg, task_cls):
     """Trains `task_cls(cfg)` as `cfg` says; returns (history dict, model, task).
 
     With `cfg.resume` on a run that already finished, nothing is trained or rewritten:
-    returns (its history, None, None).
+    returns (its history, None, None). A signal of `cfg.stop_signals` ends training at
+    the next update's end with a checkpoint: `trainers.preemption.Preempted` is raised.
     """
     config.validate(cfg, task_cls.name)
+    # Caught from now on. Not with --elastic: there a preempted worker is one that leaves, and the others go on.
+    stop = preemption.StopRequest([] if cfg.elastic else config.stop_signals(cfg.stop_signals), say=cfg.verbose)
+    try:
+        return _train(cfg, task_cls, stop)
+    finally:
+        stop.close()
+
+
+def _train(cfg, task_cls, stop):
     threads = distributed.init(cfg.threads)
     rank = distributed.rank()
     if cfg.resume and finished(cfg.logdir, cfg.epochs):
@@ -102,21 +112,8 @@ def train(cfg, task_cls):
     run_dir = cfg.logdir
     first_epoch, start, rounds, past, epoch_metrics, adapted = 0, 0, 0, {}, None, None
     if cfg.resume:
-        path = checkpoint.latest(run_dir) if rank == 0 else None
-        if rank == 0 and path:
-            state = checkpoint.restore(path, model, opt)
-            first_epoch, start, past = state["epoch"], state.get("step_in_epoch", 0), state.get("history", {})
-            rounds = state.get("micro_in_epoch", start * k)
-            epoch_metrics, adapted = state.get("epoch_metrics"), state.get("batch_adapter")
-        elif rank == 0 and cfg.verbose:
-            print(f"--resume: no checkpoint in {run_dir}: starting from scratch", flush=True)
-        # HVD: every rank resumes at rank 0's position, and with rank 0's running metric sums of the
-        # epoch (so an epoch resumed mid-way logs rank 0's partial sums on every rank)
-        first_epoch, start, rounds, epoch_metrics, adapted = distributed.broadcast_object(
-            (first_epoch, start, rounds, epoch_metrics, adapted))
-        if start and cfg.elastic:
-            raise ValueError(f"{path} was saved within an epoch (update {start}); --elastic resumes from epoch ends "
-                             f"only: resume without --elastic to the epoch's end first")
+        first_epoch, start, rounds, past, epoch_metrics, adapted = resume.restore(cfg, model, opt, rank, size,
+                                                                                  updates_per_epoch)
     if adapted:
         adapter.load(adapted)
     resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
@@ -129,8 +126,11 @@ def train(cfg, task_cls):
                         updates_per_epoch_at_batch_min=updates_per_epoch)
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=1, default=str)
+        saved = os.path.join(run_dir, "config.json")
+        if cfg.resume and os.path.isfile(saved):  # what --resume changed (--epochs, logging), run after run
+            with open(saved) as f:
+                resolved["changed_on_resume"] = resume.changes(json.load(f), resolved)
+        checkpoint.write_json(saved, resolved)
         if cfg.verbose:
             other = ({f.name for f in config.fields_of("deepfm" if task.name == "resnet" else "resnet")}
                      - {f.name for f in config.fields_of(task.name)})  # the other task's own flags
@@ -138,7 +138,7 @@ def train(cfg, task_cls):
             print("sngm-train configuration:\n" + "\n".join(f"  {k:>24}: {v}" for k, v in shown.items()), flush=True)
 
     if cfg.elastic:  # HVD: workers may leave and join; see trainers/elastic.py
-        return _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past)
+        return _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past, schedule)
 
     progress = segments.Progress(cfg.micro_batch, size)
     timed = {k: resolved[k] for k in ("task", "optimizer", "workers", "micro_batch", "threads_per_worker", "precision",
@@ -162,10 +162,11 @@ def train(cfg, task_cls):
         return {"batch_adapter": adapter.state([updates_before[0], updates_in_segment, progress.batch,
                                                 progress.examples_before])}
 
-    if rank == 0:  # HVD: only rank 0 writes checkpoints and TensorBoard
-        every_segment.append(checkpoint.CheckpointCallback(
-            run_dir, progress, cfg.ckpt_every, cfg.keep, {"config": resolved}, past, every_steps=cfg.ckpt_every_steps,
-            every_minutes=cfg.ckpt_every_minutes, state=saved_state))
+    every_segment.append(stop.agreement(progress))  # HVD: all ranks stop at the same update
+    every_segment.append(checkpoint.CheckpointCallback(  # HVD: on every rank (metric sums); rank 0 writes
+        run_dir, progress, cfg.ckpt_every, cfg.keep, {"config": resolved}, past, every_steps=cfg.ckpt_every_steps,
+        every_minutes=cfg.ckpt_every_minutes, state=saved_state, write=rank == 0, stop=stop))
+    if rank == 0:  # HVD: only rank 0 writes TensorBoard
         tb_layout.write(os.path.join(run_dir, "train"))
     closing = [distributed.MetricAverageCallback()]  # HVD: epoch logs averaged before the guard and the checkpoint
     if rank == 0:
@@ -198,6 +199,7 @@ def train(cfg, task_cls):
             callbacks.append(checkpoint.RestoreEpochMetrics(carry[0]))
         if seg.closes:
             callbacks = closing[:1] + callbacks + closing[1:]
+        callbacks.append(stop.exit(progress))  # last: after the checkpoint and the epoch's logs
         ran.append(seg)
         history = model.fit(
             stream.at(seg.epoch, seg.start),  # HVD: sharded by rank
@@ -266,14 +268,14 @@ def _counts(opt, adapter, batch):
             "batch_trajectory": adapter.decisions, "final_batch_size": adapter.batch}
 
 
-def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past):
+def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past, schedule):
     from trainers import elastic  # HVD
 
     def compile_fn(optimizer):
         _compile(model, optimizer, task, cfg)
 
     updates = elastic.train(cfg, task, model, inner, compile_fn, updates_per_epoch, cfg.logdir, {"config": resolved},
-                            first_update=first_epoch * updates_per_epoch)
+                            first_update=first_epoch * updates_per_epoch, schedule=schedule)
     final = {"epochs": cfg.epochs, "epochs_done": updates // updates_per_epoch, "elastic": True}
     evaluation = task.test_dataset() or task.eval_dataset()
     if evaluation is not None:  # every worker evaluates the same unsharded data
@@ -307,7 +309,5 @@ def _write_results(run_dir, history, resumed_at, final, adapter=None):
     record = {"first_epoch": 0, "resumed_at": resumed_at, "history": history}
     if adapter is not None:  # every update's batch: [first update, updates, global batch, examples before]
         record["batch_runs"] = adapter.runs
-    with open(os.path.join(run_dir, "history.json"), "w") as f:  # every epoch, across resumes
-        json.dump(record, f, indent=1)
-    with open(os.path.join(run_dir, "final.json"), "w") as f:  # written last: marks a finished run
-        json.dump(final, f, indent=1)
+    checkpoint.write_json(os.path.join(run_dir, "history.json"), record)  # every epoch, across resumes
+    checkpoint.write_json(os.path.join(run_dir, "final.json"), final)  # written last: marks a finished run
