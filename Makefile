@@ -74,6 +74,7 @@ bench: install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/criteo_input.py
 	$(BIN)/python bench/image_input.py
 	$(BIN)/python bench/adaptive_batch.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/faults.py
 
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar

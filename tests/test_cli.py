@@ -50,6 +50,8 @@ BAD_FLAGS = [
      "= 1 x 128 = 128: choose a global batch that is a multiple of 128."),
     (["--dataset", "synthetic", "--train-subset", "1000", "--batch-size", "8192"],
      "--batch-size 8192 is larger than the 1000 training examples (--train-subset)."),
+    (["--stop-signals", "TERM,KILL"], "--stop-signals: 'KILL' is not a signal that can be caught (names such as TERM, "
+     "INT, USR1, USR2, HUP, or none). Received: 'TERM,KILL'"),
     (["--elastic", "--ckpt-every-steps", "5"], "--ckpt-every-steps is not used with --elastic, which commits its "
                                                "state every --commit-every updates instead. Received: 5"),
 ]
