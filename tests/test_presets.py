@@ -78,10 +78,51 @@ def test_paper_ctr_is_journal_table_8(name):
         assert sorted(round(a["lr"] * f, 6) for f in spec["lr_factors"]) == [0.001, 0.01, 0.1]
     assert spec["paper"]["rows"]["sngm"] == {1024: 0.7489, 8192: 0.7514} and spec["paper"]["rows"]["msgd"][8192] == 0.5
     assert spec["paper_inline"] == (name == "paper-ctr")  # planted data: the paper's AUCs are not in our cells
+    conditions = {(cfg.deepfm_variant, cfg.loss_reduction, cfg.dense_transform, cfg.embedding_dim, tuple(cfg.hidden))
+                  for _, cfg in runs}
     if name == "cpu-ctr":
         train, val, test = spec["data_rows"]
         assert train >= 200_000 and len(spec["seeds"]) == 3
         assert math.isclose(test / (train + val + test), 0.2) and math.isclose(train / val, 4.0)  # 20% test, 4:1
+        assert conditions == {("native", "mean", "log1p", 4, (256, 128))}  # what docs/results.md measured first
+    else:  # the paper's code: DeepCTR-Torch's DeepFM at its defaults, its summed loss, min-max dense features
+        assert conditions == {("deepctr", "sum", "minmax", 4, (256, 128))}
+
+
+def test_cpu_ctr_paper_is_cpu_ctr_under_the_papers_conditions():
+    spec, runs = resolved("cpu-ctr-paper")
+    _, base = resolved("cpu-ctr")
+    assert {(a["label"], a["batch"]) for a, _ in runs} == {
+        (o, b) for o in ("msgd", "sngm", "msgd-mean", "sngm-mean") for b in (1024, 8192)}
+    for a, cfg in runs:
+        assert (cfg.deepfm_variant, cfg.dense_transform, cfg.hash_space) == ("deepctr", "minmax", 16384)
+        assert cfg.loss_reduction == ("mean" if a["label"].endswith("-mean") else "sum")
+        same = {f: getattr(cfg, f) for f in ("epochs", "weight_decay", "momentum", "schedule", "embedding_dim", "hidden")}
+        assert same == {f: getattr(base[0][1], f) for f in same}
+        assert sorted(round(a["lr"] * f, 6) for f in spec["lr_factors"]) == [0.001, 0.01, 0.1]
+    assert spec["data_rows"] == presets.PRESETS["cpu-ctr"]["data_rows"] and spec["seeds"] == [0, 1, 2]
+
+
+def test_results_page_holds_every_published_table_the_presets_cite():
+    """docs/results.md's `published` block is what tools/results_page.py makes from the
+    presets now (so it cannot go stale), with v1 Table 2's SNGM 91.42 and journal Table 4's
+    SNGM 76.16 among its cells."""
+    import os
+    import re
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "tools"))
+    import results_page
+
+    page = open(os.path.join(root, "docs", "results.md")).read()
+    block = re.search(r"<!-- generated: published -->\n(.*?)<!-- end: published -->", page, re.S).group(1)
+    assert block == results_page.published()
+    for name in ("paper-cifar", "paper-cifar-v1", "paper-cifar-v1-resnet56", "paper-ctr", "paper-imagenet",
+                 "paper-imagenet-resnet18", "paper-imagenet-32k"):
+        assert f"`--preset {name}`" in block, name
+    assert "| sngm | 4096 | 91.42 | not run here (needs 8 GPUs) |" in block
+    assert "| sngm | 32768 | 76.16 | not run here (needs 8 GPUs) |" in block
 
 
 def test_cpu_cifar_gives_the_largest_batch_8_percent_and_400_updates():

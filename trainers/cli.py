@@ -65,6 +65,11 @@ def build_parser(given_only=False):
     prep.add_argument("--rows-per-shard", type=int, default=1 << 20, help="rows per part file: enough parts lets "
                       "workers read by file")
     prep.add_argument("--skip-bad-rows", action="store_true", help="drop and count malformed rows instead of stopping")
+    prep.add_argument("--dense-transform", choices=("log1p", "minmax"), default="log1p", help="the dense fields' "
+                      "transform, stored in the records: must equal the training run's --dense-transform (checked)")
+    prep.add_argument("--fit-data", default="", help="with --dense-transform minmax, the training files the min and "
+                      "max are fitted on (default: --data); prepare validation and test data with the training "
+                      "files here")
     gen = sub.add_parser("gen-criteo", help="write Criteo-format data with a planted ground truth")
     gen.add_argument("--out", required=True)
     gen.add_argument("--train-rows", type=int, default=200_000)
@@ -188,13 +193,20 @@ def _at_least(args, **lows):
 def _prep_criteo(args):
     if not _at_least(args, hash_space=1, rows_per_shard=1):
         return 2
+    if args.fit_data and args.dense_transform != "minmax":
+        return error(f"--fit-data is used only with --dense-transform minmax. Received: {args.fit_data!r}")
     import tensorflow as tf
 
-    from trainers.data import criteo, criteo_binary
+    from trainers.data import criteo, criteo_binary, dense_transform
 
     try:
-        meta = criteo_binary.prepare(criteo.resolve_files(args.data), args.out, args.hash_space, args.rows_per_shard,
-                                     args.skip_bad_rows)
+        files = criteo.resolve_files(args.data)
+        dense = None
+        if args.dense_transform == "minmax":
+            dense = dense_transform.fit_minmax(criteo.resolve_files(args.fit_data) if args.fit_data else files,
+                                               args.skip_bad_rows)
+        meta = criteo_binary.prepare(files, args.out, args.hash_space, args.rows_per_shard, args.skip_bad_rows,
+                                     dense=dense)
     except (ValueError, FileNotFoundError) as e:
         return error(str(e))
     except tf.errors.InvalidArgumentError as e:

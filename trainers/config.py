@@ -175,7 +175,26 @@ class Config:
     val_data: str = knob("", "validation file(s) to tune on; the test data is then evaluated once, at the end", DEEPFM)
     train_rows: int = knob(0, "rows in --data if known (skips a counting pass over the files); with "
                            "--data synthetic, rows per epoch (0 = 2^20)", DEEPFM)
-    hash_space: int = knob(2**18, "buckets shared by the 26 categorical fields", DEEPFM)
+    hash_space: int = knob(2**18, "buckets of the hashed categorical ids: shared by the 26 fields (--deepfm-variant "
+                           "native), or of each field's own table (deepctr)", DEEPFM)
+    deepfm_variant: str = knob("native", "native: ours (the dense fields embedded into the FM; two shared hash "
+                               "tables); deepctr: DeepCTR-Torch 0.3.0's DeepFM at its defaults, as the paper ran it "
+                               "(an FM over the sparse fields only, dense values raw into the linear part and the DNN, "
+                               "a table per field, N(0, 1e-4^2) init, l2 1e-5 on the embeddings and the linear part; "
+                               "ids hashed per field where it label-encodes)", DEEPFM, choices=("native", "deepctr"))
+    loss_reduction: str = knob("mean", "mean: the log loss averaged over the global batch B; sum: summed over it, as "
+                               "DeepCTR-Torch's training loop does, so the gradient (and a momentum SGD step) is B times "
+                               "the mean's. The sum runs over all B examples of an update, across micro-batches and "
+                               "workers (each micro-batch's mean times B, then averaged as usual); the noise scale "
+                               "B_simple is unchanged (|G|^2 and tr(Sigma) both grow by B^2). sngm, block_sngm and "
+                               "lars normalize the gradient and adam and lamb divide by its scale, so they are "
+                               "invariant to it up to weight decay and epsilon; msgd's step grows with B. "
+                               "Regularizers and --weight-decay are not scaled (as in DeepCTR-Torch), so they weigh B "
+                               "times less against the data", DEEPFM, choices=("mean", "sum"))
+    dense_transform: str = knob("log1p", "the 13 dense fields: log1p = log(1 + max(x, 0)); minmax = (x - min) / (max - "
+                                "min) per field, fitted on the training data (a missing value counts as 0, as DeepCTR's "
+                                "Criteo example fills it before its MinMaxScaler), in one streaming pass at start or "
+                                "by `prep-criteo --dense-transform minmax`", DEEPFM, choices=("log1p", "minmax"))
     embedding_dim: int = knob(16, "FM/DNN embedding size", DEEPFM)
     hidden: list = knob(None, "DNN widths (the DeepFM paper: 400 400 400)", DEEPFM,
                         default_factory=lambda: [400, 400, 400])
@@ -393,6 +412,13 @@ def validate(cfg, task):
             need(getattr(cfg, name) >= 1, name, "must be >= 1")
         need(bool(cfg.hidden) and all(h >= 1 for h in cfg.hidden), "hidden", "must be one or more widths >= 1")
         need(finite(cfg.dropout) and 0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
+        need(not (cfg.data == "synthetic" and cfg.dense_transform == "minmax"), "dense_transform",
+             "minmax is fitted on data files; --data synthetic has none")
+        if cfg.loss_reduction == "sum":
+            need(not adaptive(cfg), "loss_reduction", "sum cannot be combined with --batch-size auto: the sum's "
+                 "scale, the batch, would change at every decision")
+            need(not cfg.scale_lr, "loss_reduction", "sum cannot be combined with --scale-lr: the summed gradient "
+                 "already grows with the batch, and the lr would grow with the workers on top")
 
 
 def _check_adaptive(cfg, need, finite):

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from trainers import distributed
-from trainers.data import criteo, criteo_binary, imagenet, imagenet_input, images, sharding
+from trainers.data import criteo, criteo_binary, dense_transform, imagenet, imagenet_input, images, sharding
 from trainers.models import deepfm, resnet, twoconv
 
 
@@ -119,6 +119,24 @@ def _subset(data, n, seed):
     return x[idx], y[idx]
 
 
+@keras.saving.register_keras_serializable(package="keras_sngm")
+class SummedOverBatch(keras.losses.Loss):
+    """The log loss summed over the global batch of an update (DeepCTR-Torch's
+    `reduction='sum'`): each micro-batch's mean times `global_batch`. The engine averages
+    the micro-batch gradients of an update over micro-batches and workers, so the update's
+    gradient is that of the sum over all its `global_batch` examples."""
+
+    def __init__(self, global_batch, name="summed_log_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.global_batch = global_batch
+
+    def call(self, y_true, y_pred):
+        return self.global_batch * keras.losses.binary_crossentropy(y_true, y_pred, from_logits=True)
+
+    def get_config(self):
+        return {**super().get_config(), "global_batch": self.global_batch}
+
+
 class DeepFMTask:
     name = "deepfm"
 
@@ -130,12 +148,14 @@ class DeepFMTask:
         if self.synthetic:  # random rows of the right shape: no files, no parsing (benchmarks)
             self.train_files, self.file_lines = [], []
             self.num_train = cfg.train_rows or 2**20
+            self.dense = dense_transform.LOG1P
         elif criteo_binary.is_prepared(cfg.data):  # `sngm-train prep-criteo` output: no parsing
-            meta = criteo_binary.load_meta(cfg.data, cfg.hash_space)
+            meta = criteo_binary.load_meta(cfg.data, cfg.hash_space, cfg.dense_transform)
             self.train_files = criteo_binary.shards(cfg.data)
             self.file_lines = [s["rows"] for s in meta["shards"]]
             self.num_train = cfg.train_rows or meta["rows"]
             self.train_source = cfg.data
+            self.dense = meta.get("dense_transform", dense_transform.LOG1P)
         else:
             self.train_files = criteo.resolve_files(cfg.data)
             size = sum(os.path.getsize(f) for f in self.train_files)
@@ -147,15 +167,23 @@ class DeepFMTask:
             self.train_source = self.train_files
             truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
             self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
+            # min-max: fitted on the training files, one pass (every worker makes the same one)
+            self.dense = (dense_transform.fit_minmax(self.train_files, cfg.skip_bad_rows)
+                          if cfg.dense_transform == "minmax" else dense_transform.LOG1P)
         self.test_files = self._source(cfg.test_data)
         self.val_files = self._source(cfg.val_data)
 
     def _source(self, path):
-        """A prepared folder (kept as its path) or Criteo text files; None when not given."""
+        """A prepared folder (kept as its path) or Criteo text files; None when not given.
+        A prepared folder's dense transform must be the training data's."""
         if not path:
             return None
         if criteo_binary.is_prepared(path):
-            criteo_binary.load_meta(path, self.cfg.hash_space)
+            meta = criteo_binary.load_meta(path, self.cfg.hash_space, self.cfg.dense_transform)
+            if not dense_transform.same(meta.get("dense_transform"), self.dense):
+                raise criteo.CriteoFormatError(
+                    f"{path} was prepared with another min-max fit than the training data's ({self.cfg.data}): "
+                    f"prepare it with `prep-criteo --dense-transform minmax --fit-data <the training files>`")
             return path
         return criteo.resolve_files(path)
 
@@ -165,7 +193,7 @@ class DeepFMTask:
         if isinstance(source, str):
             return criteo_binary.dataset(source, batch, rank, size, shuffle, c.seed, epoch, drop_remainder=drop_remainder)
         return criteo.dataset(source, batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows, shuffle, c.seed,
-                              epoch, drop_remainder=drop_remainder)
+                              epoch, drop_remainder=drop_remainder, dense=self.dense)
 
     def updates_per_epoch(self, global_batch, micro_batch, workers):
         """Updates every worker can fill from its own shard (the smallest shard decides)."""
@@ -176,9 +204,15 @@ class DeepFMTask:
 
     def model(self):
         c = self.cfg
+        if c.deepfm_variant == "deepctr":
+            return deepfm.deepctr_deepfm(c.hash_space, c.embedding_dim, tuple(c.hidden), c.dropout)
         return deepfm.deepfm(c.hash_space, c.embedding_dim, tuple(c.hidden), c.dropout)
 
-    loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    @property
+    def loss(self):
+        if self.cfg.loss_reduction == "sum":
+            return SummedOverBatch(self.cfg.batch_size)
+        return keras.losses.BinaryCrossentropy(from_logits=True)
 
     def metrics(self):
         return [keras.metrics.AUC(from_logits=True, num_thresholds=2000, name="auc"),
@@ -209,7 +243,8 @@ class DeepFMTask:
         return self._eval(self.test_files) if self.val_files else None
 
     def describe(self):
-        d = {"train_files": self.train_files or "synthetic", "test_files": self.test_files, "train_rows_found": self.num_train}
+        d = {"train_files": self.train_files or "synthetic", "test_files": self.test_files, "train_rows_found": self.num_train,
+             "dense": self.dense}
         if self.truth:
             d["best_test_auc"] = self.truth.get("best_test_auc")
         return d

@@ -5,7 +5,8 @@ Formats (plain or gzip-compressed, e.g. the 1TB logs' `day_0.gz` ... `day_23.gz`
     fields are empty may be cut short (they are padded to 40 fields);
   - CSV with the header `label,I1,...,I13,C1,...,C26` (integers may be written as
     floats, `260.0`).
-Empty fields are missing. Dense features: log(1 + max(x, 0)), 0 when missing.
+Empty fields are missing. Dense features: log(1 + max(x, 0)), 0 when missing, or the
+min-max transform of `--dense-transform minmax` (`trainers.data.dense_transform`).
 Categoricals: "C<i>=<value>" hashed into one shared space of `hash_space` buckets
 (a missing value hashes as its own token "C<i>=").
 
@@ -29,6 +30,7 @@ import glob
 import numpy as np
 import tensorflow as tf
 
+from trainers.data import dense_transform
 from trainers.data.sharding import my_lines, shard_files
 
 NUM_FIELDS = 40
@@ -136,7 +138,7 @@ def count_rows(files):
 _MISSING = "\x1f"  # pads short rows; a field that is exactly this control character reads as missing
 
 
-def parse_block(lines, sep, hash_space):
+def parse_block(lines, sep, hash_space, dense=None):
     """Parses a vector of lines: (features, labels [n, 1], reason codes [n], details).
 
     Each line gets 40 padding fields of `_MISSING` and `tf.io.decode_csv` cuts the
@@ -161,10 +163,10 @@ def parse_block(lines, sep, hash_space):
                              tf.where(~tf.reduce_all(syntax_ok, 1), NOT_A_NUMBER,
                                       tf.where(~tf.reduce_all(in_range, 1), OUT_OF_RANGE, OK))))
     bad_column = tf.argmax(tf.cast(~(syntax_ok & in_range), tf.int32), axis=1, output_type=tf.int32)
-    dense = tf.where(empty, 0.0, tf.math.log1p(tf.maximum(values, 0.0)))
+    features = dense_transform.apply(values, empty, dense)
     cat = tf.strings.to_hash_bucket_fast(tf.constant([f"{c}=" for c in CATEGORICAL]) + cats, hash_space)
     y = tf.cast(tf.strings.substr(label, 0, 1) == "1", tf.float32)[:, None]
-    return {"dense": dense, "categorical": cat}, y, code, (lines, label, bad_column, ints)
+    return {"dense": features, "categorical": cat}, y, code, (lines, label, bad_column, ints)
 
 
 def _reason(code, line, sep, label, column, value):
@@ -179,7 +181,7 @@ def _reason(code, line, sep, label, column, value):
     ])
 
 
-def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, counter):
+def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, counter, dense=None):
     """Parsed blocks of one file for this worker: (features, labels) with only good rows."""
     fmt = file_format(path)
     sep = "," if fmt == "csv" else "\t"
@@ -196,7 +198,7 @@ def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, co
             text, index = tf.boolean_mask(text, mine), tf.boolean_mask(index, mine)
         lineno = index + 1 + header  # as an editor shows it
         text = tf.strings.regex_replace(text, "\r$", "")  # CRLF files
-        x, y, code, (raw, label, col, ints) = parse_block(text, sep, hash_space)
+        x, y, code, (raw, label, col, ints) = parse_block(text, sep, hash_space, dense)
         good = tf.equal(code, OK)
         if skip_bad_rows:
             with tf.control_dependencies([counter.add(path, tf.boolean_mask(lineno, ~good))]):
@@ -217,12 +219,13 @@ def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, co
 
 
 def dataset(files, batch_size, hash_space, rank=0, size=1, skip_bad_rows=False, counter=None,
-            shuffle_buffer=0, seed=0, epoch=0, repeat=False, drop_remainder=True):
+            shuffle_buffer=0, seed=0, epoch=0, repeat=False, drop_remainder=True, dense=None):
     """Batches of ({"dense": [b, 13], "categorical": [b, 26]}, label [b, 1]) for one epoch
     on worker `rank` of `size`.
 
     Without shuffling, the workers' batches of one update (batch t on rank t % size) are
-    exactly one process's consecutive rows when reading by line. With
+    exactly one process's consecutive rows when reading by line. `dense` is the dense
+    fields' transform (`trainers.data.dense_transform`; None: log1p). With
     `shuffle_buffer`, each worker permutes its rows in windows of
     `shuffle_buffer // size` rows (and, reading by file, its file order), seeded by
     (seed, epoch): memory is bounded by the window, not the file size.
@@ -230,7 +233,8 @@ def dataset(files, batch_size, hash_space, rank=0, size=1, skip_bad_rows=False, 
     files = [files] if isinstance(files, str) else list(files)
     if skip_bad_rows:
         counter = counter or BadRowCounter()
-    return assemble(files, lambda f, by: _file_blocks(f, batch_size, rank, size, by, hash_space, skip_bad_rows, counter),
+    return assemble(files, lambda f, by: _file_blocks(f, batch_size, rank, size, by, hash_space, skip_bad_rows, counter,
+                                                      dense),
                     batch_size, rank, size, shuffle_buffer, seed, epoch, repeat, drop_remainder)
 
 

@@ -6,7 +6,9 @@ text pipeline (`trainers.data.criteo`) once and writes shards `part-NNNNN.bin` o
 hashed ids (int32), little-endian, then `meta.json` (written last: a folder without
 it is incomplete). Training reads them with `FixedLengthRecordDataset` and one
 `decode_raw` per block: the same features, bit for bit, at memory speed. The ids
-depend on the hash space, so it is recorded and checked.
+depend on the hash space and the dense values on their transform
+(`trainers.data.dense_transform`: log1p, or min-max with its fitted bounds), so both
+are recorded and checked against the training flags.
 """
 
 import json
@@ -15,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainers.data import criteo, sharding
+from trainers.data import criteo, dense_transform, sharding
 
 FORMAT = "sngm-criteo-binary-v1"
 FIELDS = 1 + 13 + 26
@@ -27,8 +29,9 @@ def is_prepared(path):
     return os.path.isfile(os.path.join(path, "meta.json"))
 
 
-def load_meta(path, hash_space=None):
-    """The folder's meta.json; checks the format and (when given) the hash space."""
+def load_meta(path, hash_space=None, transform=None):
+    """The folder's meta.json; checks the format and (when given) the hash space and the
+    dense transform's kind (`transform`: "log1p" or "minmax")."""
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
@@ -37,6 +40,11 @@ def load_meta(path, hash_space=None):
         raise criteo.CriteoFormatError(
             f"{path} was prepared with --hash-space {meta['hash_space']}; the ids differ with "
             f"--hash-space {hash_space}: pass --hash-space {meta['hash_space']} or prepare again")
+    kind = meta.get("dense_transform", dense_transform.LOG1P)["dense_transform"]
+    if transform is not None and kind != transform:
+        raise criteo.CriteoFormatError(
+            f"{path} was prepared with --dense-transform {kind}; the dense values differ with --dense-transform "
+            f"{transform}: pass --dense-transform {kind} or prepare again")
     return meta
 
 
@@ -44,8 +52,9 @@ def shards(path):
     return [os.path.join(path, s["file"]) for s in load_meta(path)["shards"]]
 
 
-def prepare(files, out, hash_space, rows_per_shard=1 << 20, skip_bad_rows=False, log=print):
-    """Parses `files` once and writes `out/part-*.bin` + `out/meta.json`; returns the meta."""
+def prepare(files, out, hash_space, rows_per_shard=1 << 20, skip_bad_rows=False, log=print, dense=None):
+    """Parses `files` once and writes `out/part-*.bin` + `out/meta.json`; returns the meta.
+    `dense` is the dense transform (None: log1p), recorded in the meta."""
     if rows_per_shard < 1:
         raise ValueError(f"--rows-per-shard must be >= 1. Received: {rows_per_shard}")
     if hash_space >= 2**31:
@@ -55,7 +64,7 @@ def prepare(files, out, hash_space, rows_per_shard=1 << 20, skip_bad_rows=False,
         os.remove(os.path.join(out, "meta.json"))  # the folder is incomplete until rewritten
     counter = criteo.BadRowCounter() if skip_bad_rows else None
     rows = criteo.dataset(files, _BLOCK, hash_space, skip_bad_rows=skip_bad_rows, counter=counter,
-                          drop_remainder=False)
+                          drop_remainder=False, dense=dense)
     shard_list, handle, in_shard, total = [], None, 0, 0
 
     def close():
@@ -88,7 +97,8 @@ def prepare(files, out, hash_space, rows_per_shard=1 << 20, skip_bad_rows=False,
         close()
     if not total:
         raise criteo.CriteoFormatError(f"no rows to prepare from {list(files)}")
-    meta = {"format": FORMAT, "hash_space": hash_space, "rows": total, "shards": shard_list, "sources": list(files),
+    meta = {"format": FORMAT, "hash_space": hash_space, "dense_transform": dense or dense_transform.LOG1P,
+            "rows": total, "shards": shard_list, "sources": list(files),
             "bad_rows_skipped": counter.count if counter else 0}
     with open(os.path.join(out, "meta.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)

@@ -1,0 +1,59 @@
+"""The 13 dense Criteo fields as the model sees them (`--dense-transform`).
+
+A transform is a small dict, recorded in config.json and in a prepared folder's
+meta.json, and checked against the flags when a prepared folder is read:
+
+- `{"dense_transform": "log1p"}`: log(1 + max(x, 0)), 0 when missing (the default);
+- `{"dense_transform": "minmax", "min": [13], "max": [13]}`: (x - min) / (max - min) per
+  field, with a missing value counted as 0 (as DeepCTR's Criteo example fills missing
+  values with 0 before its MinMaxScaler), so min <= 0 <= max wherever a row misses the
+  field; a field whose values are all one value maps to 0 (scikit-learn's choice). Not
+  clipped: held-out values outside the training range fall outside [0, 1], as with the
+  scaler. Fitted by `fit_minmax`, one streaming pass over the training files.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+LOG1P = {"dense_transform": "log1p"}
+RAW = {"dense_transform": "raw"}  # the values, NaN where missing: what `fit_minmax` reads
+
+
+def apply(values, empty, spec):
+    """The transformed dense block [n, 13] of float32 `values` (0 where `empty`)."""
+    kind = (spec or LOG1P)["dense_transform"]
+    if kind == "log1p":
+        return tf.where(empty, 0.0, tf.math.log1p(tf.maximum(values, 0.0)))
+    if kind == "raw":
+        return tf.where(empty, np.float32(np.nan), values)
+    lo = tf.constant(spec["min"], tf.float32)
+    span = tf.constant([h - l if h > l else 1.0 for l, h in zip(spec["min"], spec["max"])], tf.float32)
+    return (tf.where(empty, 0.0, values) - lo) / span
+
+
+def fit_minmax(files, skip_bad_rows=False):
+    """The min-max transform of the training `files`, in one streaming pass. Raises
+    ValueError naming a field no row holds a value of (min-max scaling needs one)."""
+    from trainers.data import criteo
+
+    lo, hi = np.full(13, np.inf), np.full(13, -np.inf)
+    present, rows = np.zeros(13, np.int64), 0
+    for x, _ in criteo.dataset(files, 4096, 2, skip_bad_rows=skip_bad_rows, drop_remainder=False, dense=RAW):
+        block = x["dense"].numpy().astype(np.float64)
+        seen = ~np.isnan(block)
+        present += seen.sum(0)
+        rows += len(block)
+        filled = np.where(seen, block, 0.0)  # missing counts as 0
+        lo, hi = np.minimum(lo, filled.min(0)), np.maximum(hi, filled.max(0))
+    empty = [f"I{i + 1}" for i in np.flatnonzero(present == 0)]
+    if empty:
+        raise ValueError(f"--dense-transform minmax: dense field {', '.join(empty)} has no value in any of the {rows} "
+                         f"training rows of {list(files)}: min-max scaling needs one (use --dense-transform log1p, or "
+                         f"check the column layout)")
+    return {"dense_transform": "minmax", "min": lo.tolist(), "max": hi.tolist(), "fitted_on_rows": int(rows)}
+
+
+def same(a, b):
+    """Whether two transforms are the same (a record's `fitted_on_rows` aside)."""
+    strip = lambda s: {k: v for k, v in (s or LOG1P).items() if k != "fitted_on_rows"}  # noqa: E731
+    return strip(a) == strip(b)
