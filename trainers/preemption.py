@@ -55,6 +55,7 @@ class StopRequest:
 
     def __init__(self, signums, say=True):
         self.caught, self.agreed, self.saved, self.say = 0, 0, None, say
+        self.active = bool(signums)  # (--stop-signals none: nothing to agree on, no allreduce)
         self._previous = {s: signal.signal(s, self._catch) for s in signums}
 
     def _catch(self, signum, frame):
@@ -98,7 +99,7 @@ class _Agreement(keras.callbacks.Callback):
         self.request, self.progress = request, progress
 
     def on_train_batch_end(self, batch, logs=None):
-        if not _update_ends(self.progress, batch)[0] or self.request.agreed:
+        if not self.request.active or not _update_ends(self.progress, batch)[0] or self.request.agreed:
             return
         caught = self.request.caught
         if distributed.size() > 1:  # HVD: one decision for all ranks (one scalar per update)
