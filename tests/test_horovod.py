@@ -356,8 +356,9 @@ def test_resume_with_two_workers_within_tolerance(tmp_path):
 def test_sigterm_stops_both_ranks_at_the_same_update(tmp_path, target):
     """SIGTERM to the worker of rank 1 only, or to horovodrun itself (which passes SIGTERM
     to every worker): both ranks stop after the same update, rank 0 writes the checkpoint
-    there, every worker exits 143 (horovodrun then exits 1, naming exit code 143), and no
-    final.json is written."""
+    there, every worker exits 143, and no final.json is written. horovodrun then exits 1,
+    naming exit code 143; signalled itself, it may also exit 0 (its termination of the
+    workers races their exit), so final.json's absence is what marks the stop."""
     if shutil.which("horovodrun", path=BIN) is None:
         pytest.skip("horovodrun not installed")
     import psutil
@@ -386,7 +387,10 @@ def test_sigterm_stops_both_ranks_at_the_same_update(tmp_path, target):
         if proc.poll() is None:
             proc.kill()
     out = log.read_text()
-    assert code == 1 and "Exit code: 143" in out, out[-3000:]
+    if target == "rank1":
+        assert code == 1 and "Exit code: 143" in out, out[-3000:]
+    else:  # horovodrun's own exit races its termination of the workers: 1 naming 143, or 0 (measured both)
+        assert code in (0, 1) and (code == 0 or "Exit code: 143" in out), out[-3000:]
     stops = {line[:3]: int(re.search(r"after update (\d+)", line).group(1)) for line in out.splitlines()
              if "stopped by SIGTERM after update" in line}
     assert sorted(stops) == ["[0]", "[1]"] and len(set(stops.values())) == 1, out[-3000:]

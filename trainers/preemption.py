@@ -20,7 +20,8 @@ folder and renamed, so even a SIGKILL during the save leaves the previous one in
 Under `horovodrun`: a signal to one worker stops them all (step 2); the other ranks wait
 for rank 0's checkpoint before they exit. SIGTERM or SIGINT to horovodrun itself is
 passed on to every worker as SIGTERM (Horovod 0.28 then waits 5 s before SIGKILL), which
-stops the job the same way; horovodrun then exits 1, naming a worker's exit code 143.
+stops the job the same way; horovodrun then exits 1, naming a worker's exit code 143, or
+0 when its own termination of the workers wins the race (final.json marks a finished run).
 """
 
 import signal
