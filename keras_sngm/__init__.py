@@ -30,7 +30,7 @@ from keras_sngm.block_sngm import BlockSNGM  # noqa: E402
 from keras_sngm.lars import LARS  # noqa: E402
 from keras_sngm.msgd import MSGD  # noqa: E402
 from keras_sngm.sngm import SNGM  # noqa: E402
-
+from keras_sngm import callbacks  # noqa: E402  (SNGMDiagnostics)
 
 
 def diagnostics(optimizer):
@@ -53,5 +53,5 @@ def diagnostics(optimizer):
     return inner.diagnostics()
 
 
-__all__ = ["SNGM", "BlockSNGM", "LARS", "MSGD", "diagnostics"]
+__all__ = ["SNGM", "BlockSNGM", "LARS", "MSGD", "callbacks", "diagnostics"]
 __version__ = "0.1.0"

@@ -84,8 +84,9 @@ def squared_norm(x):
 
 def _dense(g):
     """TensorFlow's IndexedSlices (embedding gradients) as a dense tensor: the momentum
-    decays every row, so the update is dense anyway; repeated indices are summed."""
-    return tf.convert_to_tensor(g) if tf is not None else g
+    decays every row, so the update is dense anyway; repeated indices are summed. Any
+    gradient becomes a backend tensor (`apply` may be given NumPy arrays)."""
+    return tf.convert_to_tensor(g) if tf is not None else ops.convert_to_tensor(g)  # (NumPy gradients too)
 
 
 def _traced(tensors):

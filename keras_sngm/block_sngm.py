@@ -22,6 +22,15 @@ class BlockSNGM(NormalizedMomentumOptimizer):
     variables); it is here for comparison. Weight decay, exclusions, non-finite
     gradients and `**kwargs` behave as in `keras_sngm.SNGM`.
 
+    Example (each variable normalized by its own norm):
+
+    >>> import numpy as np, keras, keras_sngm
+    >>> w, b = keras.Variable(np.ones(2, "float32")), keras.Variable(np.zeros(1, "float32"))
+    >>> opt = keras_sngm.BlockSNGM(learning_rate=0.1)
+    >>> opt.apply([np.array([30.0, 0.0], "float32"), np.array([40.0], "float32")], [w, b])
+    >>> np.round(keras.ops.convert_to_numpy(w), 4), np.round(keras.ops.convert_to_numpy(b), 4)
+    (array([0.9, 1. ], dtype=float32), array([-0.1], dtype=float32))
+
     Args:
         learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
             or a callable taking no arguments. Defaults to `0.1`.

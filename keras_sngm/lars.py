@@ -29,6 +29,17 @@ class LARS(NormalizedMomentumOptimizer):
     phi(norm(w_s)) or norm(g_s) is zero. Non-finite gradients skip the step, as in
     `keras_sngm.SNGM`.
 
+    Example (trust ratio 0.001 * ||w|| / ||g|| = 0.001 * 5 / 0.5 = 0.01):
+
+    >>> import numpy as np, keras, keras_sngm
+    >>> w = keras.Variable(np.array([3.0, 4.0], "float32"))
+    >>> opt = keras_sngm.LARS(learning_rate=1.0, trust_coefficient=0.001)
+    >>> opt.apply([np.array([0.3, 0.4], "float32")], [w])
+    >>> np.round(keras.ops.convert_to_numpy(w), 4)
+    array([2.997, 3.996], dtype=float32)
+    >>> np.round(keras_sngm.diagnostics(opt)["trust_ratios"], 6)
+    array([0.01], dtype=float32)
+
     Args:
         learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
             or a callable taking no arguments. Defaults to `0.1`.

@@ -25,6 +25,16 @@ class MSGD(NormalizedMomentumOptimizer):
     factor fixed at 1, and shares its XLA update, non-finite step skipping and
     `diagnostics()`.
 
+    Example (two steps with the same gradient: u = 1, then 0.9 + 1):
+
+    >>> import numpy as np, keras, keras_sngm
+    >>> w = keras.Variable(np.ones(2, "float32"))
+    >>> opt = keras_sngm.MSGD(learning_rate=0.1, momentum=0.9)
+    >>> for _ in range(2):
+    ...     opt.apply([np.ones(2, "float32")], [w])
+    >>> np.round(keras.ops.convert_to_numpy(w), 4)
+    array([0.71, 0.71], dtype=float32)
+
     Args:
         learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
             or a callable taking no arguments. Defaults to `0.1`.

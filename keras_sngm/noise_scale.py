@@ -12,37 +12,37 @@ estimated as a ratio of exponential moving averages of the two unbiased estimate
 Gradient diversity (Yin et al. 2018) Delta = sum_i |g_i|^2 / |sum_i g_i|^2 over n
 examples gives their batch-size bound n Delta, which in expectation is
 (|G|^2 + tr(Sigma)) / |G|^2 = 1 + B_simple.
+
+Written with `keras.ops`: the same code runs inside the trainers' traced TensorFlow step
+and, eagerly, in `keras_sngm.callbacks.SNGMDiagnostics` on TensorFlow, JAX and PyTorch.
 """
 
 import math
 
-try:
-    import tensorflow as tf
-except ModuleNotFoundError as e:  # a JAX- or PyTorch-only install: the optimizers work, this does not
-    if e.name != "tensorflow":
-        raise
-    raise ImportError("keras_sngm.noise_scale needs TensorFlow (pip install tensorflow-cpu==2.21.0); the "
-                      "keras_sngm optimizers themselves run on every Keras backend without it") from None
+from keras import ops
 
-from keras_sngm._base import squared_norm
+from keras_sngm._base import _dense, squared_norm
 
 
 def unbiased_estimates(small_sq, big_sq, b_small, b_big):
     """(|G|^2, tr(Sigma)) from mean squared norms at batch sizes b_small < b_big."""
-    b_small, b_big = tf.cast(b_small, tf.float32), tf.cast(b_big, tf.float32)
-    g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
-    trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
+    b_small, b_big = ops.cast(b_small, "float32"), ops.cast(b_big, "float32")
+    g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)       # |G|^2, unbiased
+    trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)          # tr(Sigma), unbiased
     return g2, trace
 
 
 def critical_batch(g2, trace):
-    """B_simple = tr(Sigma) / |G|^2 and Yin et al.'s diversity bound 1 + B_simple."""
-    b_simple = tf.math.divide_no_nan(trace, g2)
+    """B_simple = tr(Sigma) / |G|^2 (0 while |G|^2 = 0) and Yin et al.'s diversity bound
+    1 + B_simple."""
+    g2, trace = ops.cast(g2, "float32"), ops.cast(trace, "float32")
+    nonzero = ops.not_equal(g2, 0.0)
+    b_simple = ops.where(nonzero, trace / ops.where(nonzero, g2, 1.0), 0.0)
     return b_simple, 1.0 + b_simple
 
 
 def _squared_norm(grads):
-    return tf.add_n([squared_norm(tf.convert_to_tensor(g)) for g in grads])
+    return sum(squared_norm(_dense(g)) for g in grads)
 
 
 class NoiseScaleEstimator:
@@ -84,7 +84,7 @@ class NoiseScaleEstimator:
         """Folds one update's estimate in; `micro_batches` (a tensor when the batch
         adapts) overrides the constructor's count for this update."""
         v, a = self.vars, self.ema
-        ratio = self.ratio if micro_batches is None else tf.cast(micro_batches, tf.float32)
+        ratio = self.ratio if micro_batches is None else ops.cast(micro_batches, "float32")
         g2, trace = unbiased_estimates(small_mean, _squared_norm(grads), self.b_small, self.b_small * ratio)
         v["g2"].assign(g2)
         v["trace"].assign(trace)
@@ -102,16 +102,16 @@ class NoiseScaleEstimator:
         """(|G|^2, tr(Sigma)) as bias-corrected EMAs, as tensors (inside a traced step); (0, 0)
         before the first estimate."""
         v = self.vars
-        w = tf.maximum(v["ema_weight"], 1e-12)
+        w = ops.maximum(v["ema_weight"], 1e-12)
         return v["g2_ema"] / w, v["trace_ema"] / w
 
     def result(self):
         """{"g2", "trace"} (bias-corrected EMAs), "b_simple", "diversity_bound", "batch",
         and "estimates": how many updates the averages hold (from the EMA's weight
         1 - ema^n; 0 before the first)."""
-        raw = float(self.vars["ema_weight"].numpy())
+        raw = float(ops.convert_to_numpy(self.vars["ema_weight"]))
         w = max(raw, 1e-12)
-        g2, trace = self.vars["g2_ema"].numpy() / w, self.vars["trace_ema"].numpy() / w
+        g2, trace = (float(ops.convert_to_numpy(self.vars[n])) / w for n in ("g2_ema", "trace_ema"))
         b_simple, bound = (float(x) for x in critical_batch(g2, trace))
         estimates = 0 if raw <= 0 else (math.inf if raw >= 1 or self.ema == 0 else
                                         round(math.log1p(-raw) / math.log(self.ema)))

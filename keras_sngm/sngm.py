@@ -31,6 +31,18 @@ class SNGM(NormalizedMomentumOptimizer):
     gradient skips the step: weights and momentum are left untouched and
     `skipped_steps` is incremented.
 
+    Example (two variables, one norm over both; the step is `lr` long whatever the
+    gradient's size):
+
+    >>> import numpy as np, keras, keras_sngm
+    >>> w, b = keras.Variable(np.ones(2, "float32")), keras.Variable(np.zeros(1, "float32"))
+    >>> opt = keras_sngm.SNGM(learning_rate=0.1, momentum=0.9)
+    >>> opt.apply([np.array([30.0, 0.0], "float32"), np.array([40.0], "float32")], [w, b])
+    >>> np.round(keras.ops.convert_to_numpy(w), 4), np.round(keras.ops.convert_to_numpy(b), 4)
+    (array([0.94, 1.  ], dtype=float32), array([-0.08], dtype=float32))
+    >>> float(keras_sngm.diagnostics(opt)["grad_norm"])  # ||g|| = ||(30, 0, 40)||
+    50.0
+
     Args:
         learning_rate: A float, a `keras.optimizers.schedules.LearningRateSchedule`
             or a callable taking no arguments. Defaults to `0.1`.

@@ -10,15 +10,16 @@ import time
 import keras
 import tensorflow as tf
 
+from keras_sngm.callbacks import learning_rate_used, optimizer_values
 from trainers import tb_tags
 
 
 def lr_used(schedule, optimizer):
     """The learning rate of the update just made: `schedule` (the trainers pass the one
     they built) at the update count before it, as Keras evaluates it. Without a
-    schedule, the optimizer's current value (exact for a constant rate)."""
+    schedule, what the optimizer's own rate or schedule gave that update."""
     if schedule is None:
-        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        return learning_rate_used(optimizer)
     if hasattr(schedule, "used"):  # trainers.lr_scaling.ExamplesSchedule: it follows examples, not updates
         return schedule.used()
     if callable(schedule):
@@ -151,18 +152,11 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         return getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
 
     def values(self):
-        inner, opt = self._inner(), self.model.optimizer
+        opt = self.model.optimizer
         lr = lr_used(self.schedule, opt)  # what the last update used
-        scalars, hists = {"learning_rate": lr}, {}
-        beta = getattr(inner, "momentum", 0.0) or 0.0
-        if hasattr(inner, "diagnostics"):
-            d = inner.diagnostics()
-            for k in ("grad_norm", "momentum_norm", "momentum_norm_bound", "update_norm", "skipped_steps"):
-                scalars[k] = float(d[k])
-            hists = {k: d[k] for k in getattr(inner, "per_variable_diagnostics", ())}
-        if not getattr(inner, "normalized", False):
-            scalars["effective_lr"] = lr / (1.0 - beta)  # momentum SGD
-            scalars["temperature"] = lr / (_batch(self.global_batch) * (1.0 - beta))
+        # the optimizer's own state, as SNGMDiagnostics writes it for a user's fit
+        scalars, hists = optimizer_values(self._inner(), lr, _batch(self.global_batch))
+        scalars["learning_rate"] = lr
         if getattr(opt, "dynamic_loss_scale", False):  # float16: the scale and the overflowed updates skipped
             scalars["loss_scale"] = float(opt.loss_scale.numpy())
             scalars["overflow_skips"] = float(opt.skipped_steps.numpy())

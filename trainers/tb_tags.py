@@ -7,35 +7,9 @@ norms, the noise estimates). `epoch_*` (in `train/` and `validation/`) are on th
 axis, and only for what is not already logged per update.
 """
 
-STEP = {
-    "batch_size": "global batch of this update (examples, all workers)",
-    "examples": "examples seen after this update (all workers)",
-    "learning_rate": "the learning rate this update used",
-    "examples_per_sec": "throughput since the previous point (examples per second, all workers)",
-}
-STEP_METRIC = "{name}: this epoch's running mean of the training {name}, after this update"
+from keras_sngm.summary import DIAGNOSTICS, STEP  # the tags SNGMDiagnostics writes too: one layout serves both
 
-DIAGNOSTICS = {
-    "grad_norm": "||g_t||: global norm of the averaged gradient this update used (after L2 weight decay)",
-    "momentum_norm": "||u_t||: norm of the momentum after this update (SNGM: at most momentum_norm_bound, Lemma 2)",
-    "momentum_norm_bound": "1/(1-beta): Lemma 2's bound on ||u_t|| for the normalized optimizers",
-    "update_norm": "||w_t - w_(t+1)||: the step this update took (for SNGM lr*||u_t||, its effective learning rate)",
-    "skipped_steps": "updates skipped so far for a non-finite gradient, after this update",
-    "effective_lr": "lr/(1-beta): momentum SGD's effective learning rate for this update",
-    "temperature": "lr/(B(1-beta)): the SGD temperature of this update (Smith et al. 2020)",
-    "loss_scale": "float16 dynamic loss scale after this update",
-    "overflow_skips": "updates skipped so far for a float16 overflow, after this update",
-    "noise_g2": "|G|^2: unbiased estimate of the squared norm of the true gradient (moving average, after this "
-                "update)",
-    "noise_trace_sigma": "tr(Sigma): unbiased estimate of the per-example gradient variance (moving average, after "
-                         "this update)",
-    "noise_scale": "B_simple = tr(Sigma)/|G|^2 after this update: the critical batch estimate (McCandlish et al. "
-                   "2018); compare step/batch_size",
-    "gradient_diversity_bound": "1 + B_simple: Yin et al.'s bound on the batch up to which an update's progress "
-                                "grows linearly, after this update",
-    "block_grad_norms": "per-variable gradient norms this update used (one value per trainable variable)",
-    "trust_ratios": "LARS trust ratios this update used (one value per trainable variable)",
-}
+STEP_METRIC = "{name}: this epoch's running mean of the training {name}, after this update"
 
 # Epoch-log keys logged per update above: written once, there, and kept out of epoch_* (they
 # stay in history.json).
