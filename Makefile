@@ -3,19 +3,27 @@
 PYTHON      ?= python3.11
 VENV        := .venv
 BIN         := $(VENV)/bin
+# GPU=1: TensorFlow with its CUDA wheels, and Horovod with NCCL operations, built with the CUDA
+# compiler tools/find_cuda.py picks (CUDA_HOME, else a system toolkit, else pip's wheels).
+GPU         ?= 0
+ifeq ($(GPU),1)
+TF_PACKAGE  ?= tensorflow[and-cuda]==2.21.0
+endif
 TF_PACKAGE  ?= tensorflow-cpu==2.21.0
+HOROVOD_GPU ?= $(GPU)
 # Set HOROVOD=0 to skip the Horovod build (everything then runs as one process).
 HOROVOD     ?= 1
 
-STAMP_BASE  := $(VENV)/.stamp-base
+FLAVOUR     := $(if $(filter 1,$(GPU)),-gpu,)
+STAMP_BASE  := $(VENV)/.stamp-base$(FLAVOUR)
 STAMP_DEV   := $(VENV)/.stamp-dev
-STAMP_HVD   := $(VENV)/.stamp-horovod
+STAMP_HVD   := $(VENV)/.stamp-horovod$(if $(filter 1,$(HOROVOD_GPU)),-nccl,)
 # The oldest supported Keras (keras_sngm.SUPPORTED_KERAS), beside the pinned newest: the
 # optimizer tests also run with it first on PYTHONPATH.
 KERAS_OLDEST := 3.12.0
 STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
-.PHONY: install install-dev test test-fast demo bench study planning notebooks clean help
+.PHONY: gpu-preflight install install-dev test test-fast demo bench study planning notebooks api-docs dist screenshot clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
@@ -24,15 +32,24 @@ help:
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
 	@echo "make notebooks - execute the notebooks at their small size and save them with their outputs"
+	@echo "make api-docs - regenerate docs/api.md from the docstrings (the suite checks it)"
+	@echo "make dist   - the sdist and the wheel in dist/ (python -m build)"
+	@echo "make screenshot - docs/images/custom_scalars.png: TensorBoard in headless Chromium (needs chromium)"
 
-$(BIN)/python:
+$(BIN)/python: | gpu-preflight
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
 # What the trainers and `make demo` need: TensorFlow, Keras, TFDS, TensorBoard (and Horovod below).
-$(STAMP_BASE): $(BIN)/python requirements.txt setup.py
+# GPU=1, before any download or build: a CUDA compiler of TensorFlow 2.21's CUDA major (12).
+gpu-preflight:
+ifeq ($(HOROVOD_GPU),1)
+	$(PYTHON) tools/find_cuda.py --tf-cuda 12 --compiler-only $(if $(SNGM_CUDA_MISMATCH),--allow-mismatch,) $(if $(SNGM_CUDA_PREFER),--prefer $(SNGM_CUDA_PREFER),)
+endif
+
+$(STAMP_BASE): $(BIN)/python requirements.txt setup.py | gpu-preflight
 	$(BIN)/pip install -q "$(TF_PACKAGE)" -r requirements.txt
-	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=compat
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 # What only the tests and benchmarks need: pytest, the notebook runner, JAX and PyTorch (the
@@ -43,7 +60,7 @@ $(STAMP_DEV): $(STAMP_BASE) requirements-dev.txt
 
 $(STAMP_HVD): $(STAMP_BASE) tools/install_horovod.sh
 ifeq ($(HOROVOD),1)
-	PIP="$(BIN)/pip" PYTHON="$(BIN)/python" bash tools/install_horovod.sh
+	HOROVOD_GPU=$(HOROVOD_GPU) PIP="$(BIN)/pip" PYTHON="$(BIN)/python" bash tools/install_horovod.sh
 endif
 	touch $@
 
@@ -75,6 +92,17 @@ bench: install-dev
 	$(BIN)/python bench/image_input.py
 	$(BIN)/python bench/adaptive_batch.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/faults.py
+	$(BIN)/python bench/callback_overhead.py
+	KERAS_BACKEND=jax $(BIN)/python bench/callback_overhead.py
+
+api-docs: install-dev
+	$(BIN)/python tools/api_docs.py
+
+dist: install-dev
+	$(BIN)/python -m build --outdir dist
+
+screenshot: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/tensorboard_screenshot.py docs/images/custom_scalars.png
 
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar --data-dir ../shared/data/cifar10-jpeg.tar

@@ -1,15 +1,15 @@
 """Cost of keras_sngm.callbacks.SNGMDiagnostics on a user's `model.fit`, as ratios (one run,
-round-robin: each round times one `fit` of every cell).
+round-robin: each round times one `fit` of every cell, starting at the next cell).
 
 ResNet-20 on synthetic CIFAR-size data, SNGM with gradient_accumulation_steps=4 (micro-
 batches of 32, so the noise scale has its k-1 = 3 micro-batch gradients), 100 updates per
-timed fit, under the backend KERAS_BACKEND names:
+timed fit (so the default interval writes once per fit), under the backend KERAS_BACKEND names:
   no callback    - the plain fit;
   update_freq=100 - the callback's default (norms, noise scale and layout every 100 updates);
   update_freq=10  - ten times as often;
   update_freq=1   - the worst case: the accumulator read on 3 of every 4 micro-batches.
 
-    .venv/bin/python bench/callback_overhead.py [--rounds 5] [--updates 100]
+    .venv/bin/python bench/callback_overhead.py [--rounds 6] [--updates 100]
     KERAS_BACKEND=jax .venv/bin/python bench/callback_overhead.py
 """
 
@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +26,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sngm  # noqa: E402
-from _common import round_robin  # noqa: E402
 from keras_sngm.callbacks import SNGMDiagnostics  # noqa: E402
 
 MICRO, K = 32, 4
@@ -70,12 +70,18 @@ def make(update_freq, updates, logdir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="timed fits per cell (median)")
+    parser.add_argument("--rounds", type=int, default=6, help="timed fits per cell (median)")
     parser.add_argument("--updates", type=int, default=100, help="optimizer updates per timed fit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cells = {name: make(freq, args.updates, os.path.join(tmp, str(freq))) for name, freq in CELLS.items()}
-        times = round_robin(cells, args.rounds)
+        times = {name: [] for name in cells}
+        names = list(cells)
+        for r in range(args.rounds):  # round-robin, each round starting at the next cell (no position bias)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                cells[name]()
+                times[name].append(time.perf_counter() - t0)
     backend = keras.backend.backend()
     print(f"{os.cpu_count()} CPUs, Keras {keras.__version__} on {backend}; ResNet-20, SNGM, {K} x {MICRO} per update, "
           f"{args.updates} updates per fit; median of {args.rounds} fits")

@@ -1,6 +1,6 @@
 """The Criteo input pipeline against what DeepFM consumes, side by side in one run.
 
-  1. parse rate (rows/s) of `trainers.data.criteo.dataset` on a planted-truth TSV (the
+  1. parse rate (rows/s) of `keras_sngm_trainers.data.criteo.dataset` on a planted-truth TSV (the
      10x copy used for the memory rows, so start-up is a small share),
      with and without its shuffle window, beside the row-at-a-time parser it replaced
      (tests/criteo_rowwise.py) and beside bare line reading (the floor of any parser);
@@ -31,7 +31,7 @@ def child(kind, path, shuffle):
     """One measurement in a fresh process; prints RESULT {rows, seconds, peak_rss_mb}."""
     import tensorflow as tf
 
-    from trainers.data import criteo
+    from keras_sngm_trainers.data import criteo
 
     if kind == "rowwise":
         from criteo_rowwise import parse_row
@@ -39,7 +39,7 @@ def child(kind, path, shuffle):
         ds = tf.data.TextLineDataset(path).map(lambda s: parse_row(s, "\t", 2**18), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(1024)
     elif kind == "binary":
-        from trainers.data import criteo_binary
+        from keras_sngm_trainers.data import criteo_binary
 
         ds = criteo_binary.dataset(path, 1024, shuffle_buffer=shuffle, drop_remainder=False)
     elif kind == "lines":
@@ -88,7 +88,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="criteo-bench-")
     try:
         sys.path.insert(0, ROOT)
-        from trainers.data import planted_ctr
+        from keras_sngm_trainers.data import planted_ctr
 
         planted_ctr.generate(tmp, args.rows, 1000, seed=0)
         small = os.path.join(tmp, "train.tsv")
@@ -97,7 +97,7 @@ def main():
             for _ in range(10):
                 with open(small, "rb") as f:
                     shutil.copyfileobj(f, out)
-        from trainers.data import criteo_binary
+        from keras_sngm_trainers.data import criteo_binary
 
         t0 = time.perf_counter()
         criteo_binary.prepare([big], os.path.join(tmp, "big-bin"), 2**18, log=lambda *a, **k: None)

@@ -2,7 +2,7 @@
 
 ResNet-20 on synthetic CIFAR-size data, per-process batch 128 as 2 accumulated
 micro-batches of 64 (so the noise scale has two batch sizes), SNGM and LARS inside
-trainers.distributed.DistributedOptimizer, timed with diagnostics:
+keras_sngm_trainers.distributed.DistributedOptimizer, timed with diagnostics:
   off      - no noise scale, diagnostics_every=0;
   every 50 - the trainers' default (norms refreshed every 50 updates, noise scale always);
   every 1  - the worst case (momentum and update norms recomputed every update).
@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_sngm import LARS, SNGM  # noqa: E402
-from trainers.distributed import DistributedOptimizer  # noqa: E402
-from trainers.models.resnet import cifar_resnet  # noqa: E402
+from keras_sngm_trainers.distributed import DistributedOptimizer  # noqa: E402
+from keras_sngm_trainers.models.resnet import cifar_resnet  # noqa: E402
 
 MICRO, K = 64, 2
 SETTINGS = {"off": (0, None), "every 50": (50, MICRO), "every 1": (1, MICRO)}

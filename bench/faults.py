@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 sys.path.insert(0, ROOT)
 
-from trainers import checkpoint  # noqa: E402
+from keras_sngm_trainers import checkpoint  # noqa: E402
 
 # 8 updates an epoch, 10 epochs; every update logged (the kill points are read from it).
 FLAGS = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "256", "--num-classes", "4",

@@ -79,7 +79,7 @@ def child(kind, arg, cores, count):
     import numpy as np
     import tensorflow as tf
 
-    from trainers.data import imagenet, imagenet_input, images
+    from keras_sngm_trainers.data import imagenet, imagenet_input, images
 
     out = {}
     if kind == "cifar":
@@ -120,7 +120,7 @@ def child(kind, arg, cores, count):
     elif kind in ("resnet20", "resnet50"):
         import keras
 
-        from trainers.models import resnet
+        from keras_sngm_trainers.models import resnet
 
         size, batch = (32, 128) if kind == "resnet20" else (224, 16)
         model = resnet.cifar_resnet(20) if kind == "resnet20" else resnet.imagenet_resnet(50)

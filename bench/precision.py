@@ -23,8 +23,8 @@ import tensorflow as tf  # noqa: E402
 from _common import round_robin  # noqa: E402
 
 from keras_sngm import SNGM  # noqa: E402
-from trainers import xla_step  # noqa: E402
-from trainers.models import deepfm, resnet  # noqa: E402
+from keras_sngm_trainers import xla_step  # noqa: E402
+from keras_sngm_trainers.models import deepfm, resnet  # noqa: E402
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 CELLS = [(p, xla) for p in POLICIES for xla in (False, True)]

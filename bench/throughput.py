@@ -26,15 +26,15 @@ PER_WORKER_BATCH = {"resnet20": 128, "deepfm": 1024}
 def worker(model_name, optimizer_name, steps):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, ROOT)
-    from trainers import distributed
+    from keras_sngm_trainers import distributed
 
     distributed.init()
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from trainers import recipes
-    from trainers.models import deepfm, resnet
+    from keras_sngm_trainers import recipes
+    from keras_sngm_trainers.models import deepfm, resnet
 
     rank, size = distributed.rank(), distributed.size()
     b = PER_WORKER_BATCH[model_name]

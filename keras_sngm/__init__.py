@@ -54,4 +54,4 @@ def diagnostics(optimizer):
 
 
 __all__ = ["SNGM", "BlockSNGM", "LARS", "MSGD", "callbacks", "diagnostics"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

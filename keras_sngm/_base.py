@@ -89,6 +89,14 @@ def _dense(g):
     return tf.convert_to_tensor(g) if tf is not None else ops.convert_to_tensor(g)  # (NumPy gradients too)
 
 
+def _replicas():
+    """Replicas in sync of the `tf.distribute` strategy in scope (1 without one; JAX's
+    `DataParallel` sums inside the compiled step and gives no per-device gradient)."""
+    if tf is None or not tf.distribute.has_strategy():
+        return 1
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def _traced(tensors):
     """Whether JAX is tracing (inside jit: `model.fit`'s train step)."""
     import jax
@@ -194,6 +202,9 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         self._state["refreshed_at_update"] = self.add_variable(shape=(), dtype="int32", name="refreshed_at_update")
         for name in self.per_variable_diagnostics:
             self._state[name] = self.add_variable(shape=(len(variables),), dtype="float32", name=name)
+        if _replicas() > 1:  # each replica's gradient against their sum: the noise scale's two batch sizes
+            for name in ("replica_grad_sq", "global_grad_sq"):
+                self._state[name] = self.add_variable(shape=(), dtype="float32", name=name)
         self._decays = [
             self.weight_decay > 0 and self._use_weight_decay(v) and not _matches(self.weight_decay_exclude, v)
             for v in variables
@@ -209,6 +220,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if tf is not None and "replica_grad_sq" in self._state:
+            return self._tf_replicas_update_step(grads, trainable_variables, learning_rate)
         if tf is not None:  # TensorFlow: through tf.distribute, to `_distributed_tf_update_step`
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         indices = tuple(self._get_variable_index(v) for v in trainable_variables)
@@ -233,7 +246,23 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         index = self.iterations
         return index.value if isinstance(index, keras.Variable) else index
 
-    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+    def _tf_replicas_update_step(self, grads, trainable_variables, learning_rate):
+        """Keras' TensorFlow update under a multi-replica `tf.distribute` strategy (sum the
+        replicas' gradients, then one merged step), which also keeps, before the sum, the
+        mean over replicas of |g_r|^2 of each replica's own mean gradient g_r: with
+        |sum_r|^2 after it, what `keras_sngm.callbacks.SNGMDiagnostics` needs for the
+        noise scale (B/R examples against B). Keras' losses scale each replica's loss by
+        1/R, so g_r is R times the replica's gradient."""
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        local = sum(squared_norm(_dense(g)) for g in grads) * float(replicas * replicas)   # |g_r|^2
+        replica_sq = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)                     # mean over r
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step, self._distribution_strategy, grads_and_vars, learning_rate, replica_sq)
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate, replica_sq=None):
         # Gradients here are already all-reduced across replicas, unscaled and accumulated.
         grads = [g for g, _ in grads_and_vars]
         variables = [v for _, v in grads_and_vars]
@@ -247,12 +276,16 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         state = {k: v.value for k, v in self._state.items()}
         step = tf.convert_to_tensor(self._update_index())
 
-        def per_device(_, grads, variables, momenta, state, learning_rate, step):
+        def per_device(_, grads, variables, momenta, state, learning_rate, step, *replica_sq):
             # Runs once per device copy (once without tf.distribute).
+            if replica_sq:
+                self.assign(state["replica_grad_sq"], replica_sq[0])
+                self.assign(state["global_grad_sq"], sum(squared_norm(_dense(g)) for g in grads))  # |sum_r g_r|^2
             self._step_fn(grads, variables, momenta, state, learning_rate, step, indices)
 
+        extra = () if replica_sq is None else (replica_sq,)
         distribution.extended.update(
-            variables[0], per_device, args=(grads, variables, momenta, state, learning_rate, step), group=False
+            variables[0], per_device, args=(grads, variables, momenta, state, learning_rate, step) + extra, group=False
         )
 
     def _step(self, grads, variables, momenta, state, learning_rate, step, indices, apply_fn):

@@ -22,14 +22,16 @@ def keras_sngm_optimizer(optimizer):
 
 
 def learning_rate_used(optimizer):
-    """The learning rate of the update just made: a schedule evaluated at the update
-    count before it (as Keras evaluates it), else the current value."""
+    """The learning rate of the update just made: a schedule evaluated where Keras
+    evaluated it for that update (at the train-step count before the update's last
+    micro-batch: Keras counts a schedule in train steps, micro-batches under
+    `gradient_accumulation_steps`), else the current value."""
     inner = optimizer
     while hasattr(inner, "inner_optimizer"):  # (a wrapper's own rate is a placeholder)
         inner = inner.inner_optimizer
     schedule = getattr(inner, "_learning_rate", None)
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        done = int(ops.convert_to_numpy(inner.iterations))
+        done = int(ops.convert_to_numpy(getattr(inner, "_iterations", inner.iterations)))
         return float(ops.convert_to_numpy(schedule(max(done - 1, 0))))
     return float(ops.convert_to_numpy(optimizer.learning_rate))
 
@@ -90,17 +92,22 @@ class SNGMDiagnostics(keras.callbacks.Callback):
       lr/(1-beta) and `temperature` lr/(B(1-beta));
     - the gradient noise scale (McCandlish et al.): `noise_g2` (|G|^2), `noise_trace_sigma`
       (tr(Sigma)), `noise_scale` (B_simple) and `gradient_diversity_bound`, with any
-      optimizer built with `gradient_accumulation_steps=k`, k >= 3.
+      optimizer built with `gradient_accumulation_steps=k`, k >= 3, or with a keras_sngm
+      optimizer under a `tf.distribute` strategy of several replicas.
 
     The noise scale needs the gradient at two batch sizes. Under gradient accumulation the
     optimizer's accumulator holds the running sum of the micro-batch gradients, so on each
     logged update the callback reads it after micro-batches 1, ..., k-1 and compares those
     k-1 gradients (`batch_size` examples each) with their mean ((k-1) * `batch_size`). The
     k-th micro-batch's gradient goes into the update inside the same train step, before
-    any callback runs, hence k >= 3. Several replicas (`tf.distribute`, JAX's
-    `DataParallel`) give no second batch size here: their gradients are summed inside the
-    compiled step. The estimates are moving averages (`noise_ema`) over the logged updates,
-    computed by the same `keras_sngm.noise_scale.NoiseScaleEstimator` as the trainers'.
+    any callback runs, hence k >= 3. Under a `tf.distribute` strategy (e.g.
+    `MirroredStrategy`) of R replicas, a keras_sngm optimizer built in its scope keeps the
+    replicas' mean |g_r|^2, taken before their gradients are summed, and |sum|^2: R
+    gradients of `batch_size`/R examples against their mean. JAX's `DataParallel` sums
+    the devices' gradients inside the compiled step, so there is no per-device gradient
+    to compare; use accumulation there. The estimates are moving averages (`noise_ema`)
+    over the logged updates, computed by the same
+    `keras_sngm.noise_scale.NoiseScaleEstimator` as the trainers'.
     What cannot be given (no keras_sngm optimizer, no accumulation, no `batch_size`) is
     said once, as a warning; the rest is written.
 
@@ -168,7 +175,12 @@ class SNGMDiagnostics(keras.callbacks.Callback):
         if not self._layout_written:
             self._writer.layout()
             self._layout_written = True
-        if keras_sngm_optimizer(opt) is None:
+        inner = keras_sngm_optimizer(opt)
+        if inner is not None and inner.diagnostics_every != self.update_freq:
+            self._say(f"{type(inner).__name__} measures update_norm every {inner.diagnostics_every} updates "
+                      f"(diagnostics_every), and it is written at those updates only; build it with "
+                      f"diagnostics_every={self.update_freq} to have it at every write")
+        if inner is None:
             self._say(f"{type(opt).__name__} is not a keras_sngm optimizer (SNGM, BlockSNGM, LARS, MSGD): no "
                       f"{', '.join(OPTIMIZER_STATE)}, block_grad_norms or trust_ratios; the learning rate and the "
                       "noise scale are written")
@@ -177,14 +189,26 @@ class SNGMDiagnostics(keras.callbacks.Callback):
         counter = acc._iterations if acc is not None else opt.iterations  # micro-batches (train steps) done
         self._micro, self._last_batch = int(ops.convert_to_numpy(counter)), -1
         spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        missing = ("it needs gradient accumulation: build the optimizer with gradient_accumulation_steps=k, k >= 3 "
+        strategy = getattr(self.model, "distribute_strategy", None)
+        replicas = int(getattr(strategy, "num_replicas_in_sync", 1) or 1)
+        # Replicas (tf.distribute): each one's gradient norm, taken by a keras_sngm optimizer
+        # before the sum. Otherwise the accumulator, read between micro-batches.
+        self._replicas = replicas > 1 and inner is not None and "replica_grad_sq" in inner._state
+        missing = ("pass the fit's batch_size to SNGMDiagnostics" if self.batch_size is None else
+                   None if self._replicas else
+                   f"with {replicas} replicas it needs a keras_sngm optimizer, built inside the strategy's scope "
+                   "(it takes each replica's gradient norm before their sum)" if replicas > 1 else
+                   "it needs gradient accumulation: build the optimizer with gradient_accumulation_steps=k, k >= 3 "
                    "(a callback sees k-1 micro-batch gradients of each update; this fit has "
-                   f"{self._k} gradient{'s' if self._k > 1 else ''} per update)" if self._k < 3 else
-                   "pass the fit's batch_size to SNGMDiagnostics" if self.batch_size is None else
+                   f"{self._k} gradient{'s' if self._k > 1 else ''} per update), or several replicas "
+                   "(tf.distribute; JAX's DataParallel sums them inside the compiled step)" if self._k < 3 else
                    f"it needs steps_per_execution=1 (the accumulator is read between train steps; got {spe})"
                    if spe > 1 else None)
         if missing:
             self._say(f"no gradient noise scale: {missing}")
+        elif self._noise is None and self._replicas:  # B/R examples per replica against B (per update)
+            self._noise = NoiseScaleEstimator(self.batch_size * self._k // replicas, replicas, _variable,
+                                              self.noise_ema)
         elif self._noise is None:
             self._noise = NoiseScaleEstimator(self.batch_size, self._k - 1, _variable, self.noise_ema)
 
@@ -198,7 +222,7 @@ class SNGMDiagnostics(keras.callbacks.Callback):
         t, j = divmod(self._micro - 1, self._k)    # update t (from 0), its micro-batch j + 1
         if t % self.update_freq:
             return
-        if self._noise is not None and j + 1 < self._k:
+        if self._noise is not None and not self._replicas and j + 1 < self._k:
             self._read_accumulator(j + 1)
         elif j + 1 == self._k:
             self._write(t + 1)
@@ -229,6 +253,9 @@ class SNGMDiagnostics(keras.callbacks.Callback):
                 self.latest["update_norm"] = update_norm
         if isinstance(opt, keras.optimizers.LossScaleOptimizer) and opt.built:
             scalars["loss_scale"] = float(ops.convert_to_numpy(opt.dynamic_scale))
+        if self._noise is not None and self._replicas:  # this update's norms, taken inside the step
+            d = inner.diagnostics()
+            self._noise.update_from_norms(float(d["replica_grad_sq"]), float(d["global_grad_sq"]))
         if self._noise is not None:
             noise = self._noise.result()
             if noise["estimates"]:

@@ -83,9 +83,14 @@ class NoiseScaleEstimator:
     def update(self, small_mean, grads, micro_batches=None):
         """Folds one update's estimate in; `micro_batches` (a tensor when the batch
         adapts) overrides the constructor's count for this update."""
+        self.update_from_norms(small_mean, _squared_norm(grads), micro_batches)
+
+    def update_from_norms(self, small_mean, big_sq, micro_batches=None):
+        """`update` given |G_b|^2 (the averaged gradient's squared norm) instead of the
+        gradient itself: for norms taken elsewhere (each replica's, inside the step)."""
         v, a = self.vars, self.ema
         ratio = self.ratio if micro_batches is None else ops.cast(micro_batches, "float32")
-        g2, trace = unbiased_estimates(small_mean, _squared_norm(grads), self.b_small, self.b_small * ratio)
+        g2, trace = unbiased_estimates(small_mean, big_sq, self.b_small, self.b_small * ratio)
         v["g2"].assign(g2)
         v["trace"].assign(trace)
         v["g2_ema"].assign(a * v["g2_ema"] + (1 - a) * g2)

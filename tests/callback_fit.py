@@ -11,6 +11,11 @@ backend KERAS_BACKEND names (tests/test_callback.py reads what it wrote):
    noise scale written every update; a callback records the weights before each update.
    Events in OUT/noise/train, the weights in OUT/noise_weights.npy; the data is rebuilt by
    `least_squares()`.
+
+    python tests/callback_fit.py OUT replicas          # TensorFlow only
+
+3. The same least squares under MirroredStrategy over two logical CPUs, no accumulation:
+   OUT/replicas/train and OUT/replicas_weights.npy.
 """
 
 import json
@@ -104,6 +109,43 @@ def noise_run(out):
     np.save(os.path.join(out, "noise_weights.npy"), np.array(before.weights))
 
 
+class WeightsAtStart(keras.callbacks.Callback):
+    """The weights each train step starts from."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights.append(self.model.get_weights()[0][:, 0].copy())
+
+
+def replicas_run(out):
+    """The least squares again, under tf.distribute.MirroredStrategy over two logical CPUs:
+    no accumulation, a global batch of 2 x NOISE_BATCH; the noise scale from each replica's
+    gradient against their sum."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
+    x, y, w0 = least_squares()
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, use_bias=False)])
+        model.set_weights([w0])
+        model.compile(optimizer=keras_sngm.SNGM(1e-7), loss="mse")
+    start = WeightsAtStart()
+    model.fit(x, y, batch_size=NOISE_BATCH * REPLICAS, epochs=1, shuffle=False, verbose=0,
+              callbacks=[start, SNGMDiagnostics(os.path.join(out, "replicas"), update_freq=1,
+                                                batch_size=NOISE_BATCH * REPLICAS, noise_ema=NOISE_EMA)])
+    np.save(os.path.join(out, "replicas_weights.npy"), np.array(start.weights))
+
+
+REPLICAS = 2
+
 if __name__ == "__main__":
-    diagnostics_runs(sys.argv[1])
-    noise_run(sys.argv[1])
+    if sys.argv[2:] == ["replicas"]:
+        replicas_run(sys.argv[1])
+    else:
+        diagnostics_runs(sys.argv[1])
+        noise_run(sys.argv[1])

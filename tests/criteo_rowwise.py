@@ -1,9 +1,9 @@
-"""The row-at-a-time Criteo parser that `trainers.data.criteo` replaced (one `map` call
+"""The row-at-a-time Criteo parser that `keras_sngm_trainers.data.criteo` replaced (one `map` call
 per row), kept as the reference the vectorized parser must agree with."""
 
 import tensorflow as tf
 
-from trainers.data.criteo import CATEGORICAL, NUM_FIELDS
+from keras_sngm_trainers.data.criteo import CATEGORICAL, NUM_FIELDS
 
 _NUMBER = r"-?[0-9]+(\.0*)?"
 

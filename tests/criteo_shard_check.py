@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from trainers import distributed
-from trainers.data import criteo, sharding
+from keras_sngm_trainers import distributed
+from keras_sngm_trainers.data import criteo, sharding
 
 out, files = sys.argv[1], sys.argv[2:]
 distributed.init()

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_sngm import SNGM  # noqa: E402
-from trainers import distributed  # noqa: E402
+from keras_sngm_trainers import distributed  # noqa: E402
 
 
 def main(out):

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from trainers import config, distributed, tasks
+from keras_sngm_trainers import config, distributed, tasks
 
 out, data_dir = sys.argv[1], sys.argv[2]
 distributed.init()

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import sngm_train
 
-from trainers import batch_adapter
+from keras_sngm_trainers import batch_adapter
 
 # A small run whose batch grows: synthetic images have B_simple ~ 5, so a factor of 30
 # makes the target ~150 and the batch doubles at the first trusted decisions.
@@ -83,7 +83,7 @@ def test_plan_ends_every_epoch_at_the_same_micro_batch():
 def test_adascale_gain_against_numpy():
     import tensorflow as tf  # noqa: F401
 
-    from trainers import lr_scaling
+    from keras_sngm_trainers import lr_scaling
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -108,7 +108,7 @@ def test_variable_accumulation_and_noise_estimates_match_numpy():
     import tensorflow as tf
 
     from keras_sngm import SNGM
-    from trainers import distributed
+    from keras_sngm_trainers import distributed
 
     rng = np.random.default_rng(1)
     w0 = rng.normal(size=5).astype("float32")

@@ -161,6 +161,38 @@ def test_noise_scale_equals_a_replay_and_the_trainers_estimator_and_the_exact_va
     assert scalars["step/batch_size"][updates] == callback_fit.NOISE_BATCH * K
 
 
+def test_noise_scale_from_two_replicas_equals_a_replay_and_the_exact_value(tmp_path):
+    """MirroredStrategy over two logical CPUs, no accumulation: SNGM keeps each replica's
+    gradient norm before the sum, the callback compares B/2 with B."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "callback_fit.py"), str(tmp_path), "replicas"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no gradient noise scale" not in proc.stderr
+    weights = np.load(tmp_path / "replicas_weights.npy").astype(np.float64)
+    scalars, _, _ = read_events(tmp_path / "replicas" / "train")
+    logged = scalars["diagnostics/noise_scale"]
+    b, r, ema = callback_fit.NOISE_BATCH, callback_fit.REPLICAS, callback_fit.NOISE_EMA
+    x, y, _ = callback_fit.least_squares()
+    g2_ema = tr_ema = 0.0
+    replay = []
+    for t, w in enumerate(weights):  # replica i gets the i-th contiguous slice of the global batch
+        grads = []
+        for i in range(r):
+            lo = (t * r + i) * b
+            xb, yb = x[lo:lo + b].astype(np.float64), y[lo:lo + b, 0].astype(np.float64)
+            grads.append(2.0 * ((xb @ w - yb)[:, None] * xb).mean(axis=0))
+        small, mean = np.mean([g @ g for g in grads]), np.mean(grads, axis=0)
+        g2 = (r * b * (mean @ mean) - b * small) / (r * b - b)
+        tr = (small - mean @ mean) / (1 / b - 1 / (r * b))
+        g2_ema, tr_ema = ema * g2_ema + (1 - ema) * g2, ema * tr_ema + (1 - ema) * tr
+        replay.append(tr_ema / g2_ema)
+    assert sorted(logged) == list(range(1, len(weights) + 1))
+    np.testing.assert_allclose([logged[s] for s in sorted(logged)], replay, rtol=2e-3)
+    assert logged[len(weights)] == pytest.approx(_exact_b_simple(weights[-1]), rel=0.10)
+    assert scalars["step/batch_size"][1] == b * r
+
+
 def _small_fit(callback, optimizer, batch_size=8, epochs=1):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer=optimizer, loss="mse")
@@ -174,13 +206,17 @@ def _small_fit(callback, optimizer, batch_size=8, epochs=1):
 
 def test_a_keras_optimizer_gets_the_noise_scale_and_is_told_what_is_missing(tmp_path):
     cb = SNGMDiagnostics(tmp_path / "logs", update_freq=1, batch_size=8)
-    said = _small_fit(cb, keras.optimizers.SGD(0.01, momentum=0.5, gradient_accumulation_steps=4), epochs=2)
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.01, 32, end_learning_rate=0.0)  # in train steps
+    said = _small_fit(cb, keras.optimizers.SGD(schedule, momentum=0.5, gradient_accumulation_steps=4), epochs=2)
     assert len(said) == 1 and "SGD is not a keras_sngm optimizer" in said[0] and "grad_norm" in said[0]
     scalars, _, _ = read_events(tmp_path / "logs" / "train")
     assert "diagnostics/grad_norm" not in scalars and "diagnostics/momentum_norm" not in scalars
     assert sorted(scalars["diagnostics/noise_scale"]) == list(range(1, 5))
-    assert scalars["diagnostics/effective_lr"][1] == pytest.approx(0.01 / 0.5)
-    assert scalars["step/learning_rate"][4] == pytest.approx(0.01)
+    # update s ends with train step 4s: Keras evaluated the schedule at step 4s - 1 for it
+    for step in range(1, 5):
+        lr = 0.01 * (1 - (4 * step - 1) / 32)
+        assert scalars["step/learning_rate"][step] == pytest.approx(lr, rel=1e-6), step
+        assert scalars["diagnostics/effective_lr"][step] == pytest.approx(lr / 0.5, rel=1e-6)
 
 
 def test_without_accumulation_it_says_so_once_and_writes_the_rest(tmp_path):
@@ -212,3 +248,25 @@ def test_an_unwritable_log_dir_raises_naming_it(tmp_path):
     blocker.write_text("")
     with pytest.raises(ValueError, match=f"log_dir='{blocker / 'x'}'"):
         SNGMDiagnostics(str(blocker / "x"))
+
+
+def test_the_layout_renders_in_headless_chromium(tmp_path):
+    """tools/tensorboard_screenshot.py (the README's screenshot): TensorBoard serves the
+    callback's event files and Chromium draws the Custom Scalars tab."""
+    import shutil
+
+    if not shutil.which("chromium"):
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from PIL import Image
+
+    _small_fit(SNGMDiagnostics(tmp_path / "logs", update_freq=1, batch_size=8),
+               keras_sngm.SNGM(0.1, gradient_accumulation_steps=4, diagnostics_every=1), epochs=4)
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "..", "tools", "tensorboard_screenshot.py"),
+                           str(tmp_path / "shot.png"), "--logdir", str(tmp_path / "logs"), "--size", "1000,900"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = Image.open(tmp_path / "shot.png").convert("RGB")
+    assert image.size == (1000, 900)
+    assert image.getpixel((500, 20)) == (245, 124, 0)  # TensorBoard's orange bar: the page was drawn
+    assert len(image.getcolors(maxcolors=1 << 20)) > 200  # charts, not a blank page

@@ -87,7 +87,7 @@ def test_without_tensorflow_one_line_and_exit_2(tmp_path):
 
     hide = "import sys; sys.modules['tensorflow'] = None; "
     env = {**os.environ, "PYTHONPATH": ROOT, "KERAS_BACKEND": "jax"}
-    proc = subprocess.run([sys.executable, "-c", hide + "from trainers.cli import main; sys.exit(main(['resnet', "
+    proc = subprocess.run([sys.executable, "-c", hide + "from keras_sngm_trainers.cli import main; sys.exit(main(['resnet', "
                            "'--dataset', 'synthetic', '--batch-size', '256', '--logdir', '" + str(tmp_path / "r") + "']))"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
@@ -131,7 +131,7 @@ def test_logdir_that_is_a_file_or_unwritable(tmp_path):
 
 
 def test_help_gives_a_reason_for_every_flag():
-    from trainers import config
+    from keras_sngm_trainers import config
 
     for task in ("resnet", "deepfm"):
         proc = sngm_train([task, "-h"])
@@ -206,7 +206,7 @@ def test_corrupt_image_is_named(tmp_path):
 def test_image_cache_follows_the_folder_content(tmp_path, monkeypatch):
     from PIL import Image
 
-    from trainers.data import images
+    from keras_sngm_trainers.data import images
 
     monkeypatch.setenv("SNGM_DATA_CACHE", str(tmp_path / "cache"))
     write_folder(tmp_path / "imgs", classes=3)
@@ -241,7 +241,7 @@ def test_tfds_download_path_reaches_the_network(tmp_path, monkeypatch):
     """Offline here: the download must fail at the network, not on a missing module."""
     from tensorflow_datasets.core.download import downloader
 
-    from trainers.data import images
+    from keras_sngm_trainers.data import images
 
     monkeypatch.setattr(downloader, "MAX_RETRIES", 1)  # its default backs off for 200 s before giving up
 
@@ -396,7 +396,7 @@ def test_named_folder_without_data_fails_at_once(tmp_path, dataset):
 def test_one_cache_entry_however_the_data_is_named(tmp_path, monkeypatch):
     """The same tar and folder through a symlink and a relative path: one unpacked copy,
     one decoded copy."""
-    from trainers.data import images
+    from keras_sngm_trainers.data import images
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SNGM_DATA_CACHE", str(cache))
@@ -425,7 +425,7 @@ def test_what_a_run_prints(tmp_path, monkeypatch, capsys):
     assert lines[-1] == (f"results: test_accuracy {final['test_accuracy']:.4f}, test_loss {final['test_loss']:.4f} "
                          f"(after 1 epochs; in {tmp_path / 'run' / 'final.json'})")
     assert "oneDNN custom operations" not in proc.stderr and "absl::InitializeLog" not in proc.stderr, proc.stderr
-    from trainers.data import images
+    from keras_sngm_trainers.data import images
 
     monkeypatch.setenv("HOROVOD_RANK", "1")
     images._say("decoding")

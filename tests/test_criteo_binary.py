@@ -7,7 +7,7 @@ import numpy as np
 
 from helpers import sngm_train
 from test_data import edge_case_rows
-from trainers.data import criteo, criteo_binary, planted_ctr, sharding
+from keras_sngm_trainers.data import criteo, criteo_binary, planted_ctr, sharding
 
 
 def batches(ds):

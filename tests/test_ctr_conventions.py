@@ -9,7 +9,7 @@ import pytest
 
 from helpers import BIN, sngm_train, weights_of
 
-from trainers.data import dense_transform, planted_ctr
+from keras_sngm_trainers.data import dense_transform, planted_ctr
 
 
 def _raw_dense(path):
@@ -22,7 +22,7 @@ def test_minmax_transform_equals_numpy(tmp_path):
     """Fitted on a planted file made here: min and max over the training rows with missing
     values as 0 (DeepCTR's fillna(0) before MinMaxScaler), then (x - min) / (max - min) on
     another file, as the parser delivers it."""
-    from trainers.data import criteo
+    from keras_sngm_trainers.data import criteo
 
     planted_ctr.generate(str(tmp_path), 3000, 500, seed=4)
     train, test = _raw_dense(tmp_path / "train.tsv"), _raw_dense(tmp_path / "test.tsv")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainers.data import criteo, images, planted_ctr, sharding
+from keras_sngm_trainers.data import criteo, images, planted_ctr, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ across, the same rows, the same output and the same regularization loss."""
 import numpy as np
 import pytest
 
-from trainers.models.deepfm import NUM_CATEGORICAL, NUM_DENSE, deepctr_deepfm
+from keras_sngm_trainers.models.deepfm import NUM_CATEGORICAL, NUM_DENSE, deepctr_deepfm
 
 VOCAB, DIM = 50, 4
 

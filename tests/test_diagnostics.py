@@ -7,8 +7,8 @@ import tensorflow as tf
 
 import reference as ref
 from keras_sngm import SNGM, noise_scale
-from trainers.callbacks import DiagnosticsLogger
-from trainers.distributed import DistributedOptimizer
+from keras_sngm_trainers.callbacks import DiagnosticsLogger
+from keras_sngm_trainers.distributed import DistributedOptimizer
 
 
 def _vars(seed=0):

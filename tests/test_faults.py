@@ -15,7 +15,7 @@ import pytest
 
 from helpers import BIN, ROOT, sngm_train, weights_of
 
-from trainers import checkpoint, config, resume
+from keras_sngm_trainers import checkpoint, config, resume
 
 # 8 updates an epoch; a constant lr, so that runs of different --epochs share their first epochs.
 FLAGS = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "256", "--num-classes", "4",

@@ -11,7 +11,7 @@ import pytest
 from helpers import sngm_train
 import tensorflow as tf
 
-from trainers import checkpoint, distributed
+from keras_sngm_trainers import checkpoint, distributed
 
 REPRO = ["resnet", "--dataset", "synthetic", "--train-subset", "512", "--depth", "8", "--batch-size", "128",
          "--micro-batch", "128", "--epochs", "3", "--no-verbose"]

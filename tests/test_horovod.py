@@ -106,7 +106,7 @@ def test_resnet_two_workers_equal_one_process(tmp_path, optimizer):
     assert one.returncode == 0, one.stderr[-3000:]
     two = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--logdir", str(tmp_path / "two")])
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    from trainers.models.resnet import cifar_resnet
+    from keras_sngm_trainers.models.resnet import cifar_resnet
 
     a = _load_trainable(tmp_path / "one", lambda: cifar_resnet(8, 4))
     b = _load_trainable(tmp_path / "two", lambda: cifar_resnet(8, 4))
@@ -126,7 +126,7 @@ def test_resnet_two_workers_equal_one_process(tmp_path, optimizer):
 
 @pytest.mark.parametrize("optimizer", ["sngm", "lars"])
 def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
-    from trainers.data import planted_ctr
+    from keras_sngm_trainers.data import planted_ctr
 
     data = tmp_path / "ctr"
     planted_ctr.generate(str(data), 512, 256, seed=1)
@@ -138,7 +138,7 @@ def test_deepfm_two_workers_equal_one_process(tmp_path, optimizer):
     assert one.returncode == 0, one.stderr[-3000:]
     two = horovodrun([os.path.join(BIN, "sngm-train"), *flags, "--micro-batch", "64", "--logdir", str(tmp_path / "two")])
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    from trainers.models.deepfm import deepfm
+    from keras_sngm_trainers.models.deepfm import deepfm
 
     a = _load_trainable(tmp_path / "one", lambda: deepfm(512, 4, (16, 16)))
     b = _load_trainable(tmp_path / "two", lambda: deepfm(512, 4, (16, 16)))
@@ -175,7 +175,7 @@ def test_imagenet_two_workers_read_every_image_exactly_once(tmp_path, layout):
 
     import imagenet_fixtures as fx
 
-    from trainers.data import imagenet, imagenet_input
+    from keras_sngm_trainers.data import imagenet, imagenet_input
 
     data = str(tmp_path / "data")
     (fx.write_tfrecords if layout == "tfrecord" else fx.write_folder)(data)
@@ -290,7 +290,7 @@ def test_divergence_stops_every_rank_together(tmp_path):
     assert out.count("sngm-train: error: training diverged:") == 2, out[-3000:]  # both ranks, same verdict
     assert time.time() - t0 < 240
     assert json.load(open(tmp_path / "run" / "final.json"))["diverged"] is True
-    from trainers import checkpoint
+    from keras_sngm_trainers import checkpoint
 
     assert checkpoint.list_checkpoints(tmp_path / "run") == []
 
@@ -298,7 +298,7 @@ def test_divergence_stops_every_rank_together(tmp_path):
 def test_worker_death_stops_job_and_keeps_last_checkpoint(tmp_path):
     if shutil.which("horovodrun", path=BIN) is None:
         pytest.skip("horovodrun not installed")
-    from trainers import checkpoint
+    from keras_sngm_trainers import checkpoint
 
     run = tmp_path / "run"
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -310,8 +310,8 @@ def test_worker_death_stops_job_and_keeps_last_checkpoint(tmp_path):
     assert code != 0
     import keras  # the newest complete checkpoint still loads
 
-    from trainers.models.resnet import cifar_resnet
-    from trainers import distributed, recipes
+    from keras_sngm_trainers.models.resnet import cifar_resnet
+    from keras_sngm_trainers import distributed, recipes
 
     model = cifar_resnet(8, 4)
     inner = recipes.optimizer("sngm", recipes.schedule("poly", 0.3, 400), weight_decay=1e-4)  # as the trainer built it
@@ -341,7 +341,7 @@ def test_resume_with_two_workers_within_tolerance(tmp_path):
         state["epoch_metrics_by_rank"][1]
     proc = horovodrun([os.path.join(BIN, "sngm-train"), "resnet", "--logdir", str(tmp_path / "b"), "--resume"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    from trainers.models.resnet import cifar_resnet
+    from keras_sngm_trainers.models.resnet import cifar_resnet
 
     a = _load_trainable(tmp_path / "a", lambda: cifar_resnet(8, 4), "ckpt-00003")
     b = _load_trainable(tmp_path / "b", lambda: cifar_resnet(8, 4), "ckpt-00003")
@@ -363,7 +363,7 @@ def test_sigterm_stops_both_ranks_at_the_same_update(tmp_path, target):
         pytest.skip("horovodrun not installed")
     import psutil
 
-    from trainers import checkpoint
+    from keras_sngm_trainers import checkpoint
 
     run = tmp_path / "run"
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -408,7 +408,7 @@ def _kill_rank1_after(proc, run, checkpoints, wait):
     returns the job's exit code."""
     import psutil
 
-    from trainers import checkpoint
+    from keras_sngm_trainers import checkpoint
 
     try:
         deadline = time.time() + 300
@@ -449,7 +449,7 @@ def test_elastic_job_survives_a_worker_leaving(tmp_path, spare):
         pytest.skip("horovodrun not installed")
     import socket
 
-    from trainers import checkpoint
+    from keras_sngm_trainers import checkpoint
 
     script = tmp_path / "hosts.sh"
     names = ("localhost", "127.0.0.1", socket.gethostname())[:3 if spare else 2]
@@ -487,7 +487,7 @@ def test_elastic_job_survives_a_worker_leaving(tmp_path, spare):
     assert "update 32/32: " in out and "estimated time for the run:" in out and " ETA " in out, out[-3000:]
     one = sngm_train(flags + ["--logdir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-2000:]
-    from trainers.models.resnet import cifar_resnet
+    from keras_sngm_trainers.models.resnet import cifar_resnet
 
     a = _load_trainable(tmp_path / "one", lambda: cifar_resnet(8, 4), "ckpt-00008")
     b = _load_trainable(run, lambda: cifar_resnet(8, 4), "ckpt-00008")
@@ -512,7 +512,7 @@ def test_adaptive_batch_two_workers_equal_one_process(tmp_path):
         [(d["update"], d["batch_size"]) for d in f1["batch_trajectory"]] == [(20, 64), (25, 128)]
     r1, r2 = (json.load(open(tmp_path / d / "history.json"))["batch_runs"] for d in ("one", "two"))
     assert r1 == r2 and f1["updates"] == f2["updates"] and f1["examples"] == f2["examples"] == 1024
-    from trainers.models.twoconv import build
+    from keras_sngm_trainers.models.twoconv import build
 
     a = _load_trainable(tmp_path / "one", lambda: build(4, 32), ckpt="ckpt-00002")
     b = _load_trainable(tmp_path / "two", lambda: build(4, 32), ckpt="ckpt-00002")

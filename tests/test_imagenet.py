@@ -16,8 +16,8 @@ from helpers import sngm_train
 
 tf = pytest.importorskip("tensorflow")
 
-from trainers.data import imagenet, imagenet_input  # noqa: E402
-from trainers.data.images import DataNotFoundError  # noqa: E402
+from keras_sngm_trainers.data import imagenet, imagenet_input  # noqa: E402
+from keras_sngm_trainers.data.images import DataNotFoundError  # noqa: E402
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
@@ -151,7 +151,7 @@ def test_two_workers_cover_every_record_once_per_epoch(layouts, tmp_path, layout
         base = str(tmp_path / "three")
         fx.write_tfrecords(base, train=36, train_shards=3)
     src = imagenet.find(base, verbose=False)
-    from trainers.data import sharding
+    from keras_sngm_trainers.data import sharding
 
     want = sorted(_hashes(imagenet_input.eval_dataset(src.train, 16, 64)))  # every record once, unaugmented
     seen = []
@@ -184,7 +184,7 @@ def test_order_depends_on_seed_and_epoch_only_and_resumes_mid_epoch(layouts):
 
 
 def test_skip_bad_images_drops_and_counts_and_fills_the_epoch(layouts, tmp_path):
-    from trainers.data import criteo
+    from keras_sngm_trainers.data import criteo
 
     base = str(tmp_path / "bad")
     fx.write_tfrecords(base)
@@ -221,7 +221,7 @@ def test_cli_trains_resnet18_on_a_folder_and_a_tfrecord_layout(layouts, tmp_path
         assert cfg["classes"] == classes and cfg["updates_per_epoch"] == 40 // 8 and cfg["train_files"] > 1
         import keras
 
-        from trainers.models import resnet
+        from keras_sngm_trainers.models import resnet
 
         assert cfg["parameters"] == resnet.imagenet_resnet(18, classes, (32, 32, 3)).count_params()  # not the CIFAR net
         keras.backend.clear_session()

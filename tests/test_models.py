@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainers.models import resnet
+from keras_sngm_trainers.models import resnet
 
 
 def trainable(model):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import BIN, ROOT, sngm_train
-from trainers.planning import model
+from keras_sngm_trainers.planning import model
 
 
 def test_update_time_and_ring_allreduce_by_hand():
@@ -91,7 +91,7 @@ def test_fits_recover_known_parameters():
 def test_update_timer_bookkeeping(tmp_path):
     """Micro-batches 10 ms, update-closing ones 30 ms, k = 3: the medians, the first
     updates and each fit's and epoch's first update left out."""
-    from trainers.timing import UpdateTimer
+    from keras_sngm_trainers.timing import UpdateTimer
 
     now = [0.0]
     progress = types.SimpleNamespace(k=3)
@@ -148,7 +148,7 @@ def test_plan_on_a_real_run_by_hand(small_run, tmp_path):
     r = rows[(2, 256)]
     assert r["update_seconds"] == pytest.approx(8 * t_micro + t_step + comm, rel=1e-9)  # 128 a worker: 8 passes
     assert r["micro_batches"] == 8
-    from trainers.planning.measured import _tensorboard_scalars
+    from keras_sngm_trainers.planning.measured import _tensorboard_scalars
 
     noise = [v for _, v in _tensorboard_scalars(str(small_run / "train"), "diagnostics/noise_scale") if v > 0]
     assert noise, "the run logged its noise scale"

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from trainers import config, presets
-from trainers import study as st
+from keras_sngm_trainers import config, presets
+from keras_sngm_trainers import study as st
 
 
 def resolved(name, np_=None):
@@ -142,7 +142,7 @@ def lrs(schedule, n):
 
 
 def test_per_epoch_cosine_is_the_journals_formula():
-    from trainers import recipes
+    from keras_sngm_trainers import recipes
 
     upe, epochs, lr0 = 7, 160, 0.8
     got = lrs(recipes.schedule("cosine", lr0, upe * epochs, updates_per_epoch=upe), upe * epochs)
@@ -151,7 +151,7 @@ def test_per_epoch_cosine_is_the_journals_formula():
 
 
 def test_step_schedule_divides_by_10_after_epochs_80_and_120():
-    from trainers import recipes
+    from keras_sngm_trainers import recipes
 
     upe = 5
     got = lrs(recipes.schedule("step", 0.1, upe * 160, updates_per_epoch=upe), upe * 160)
@@ -160,7 +160,7 @@ def test_step_schedule_divides_by_10_after_epochs_80_and_120():
 
 
 def test_warmup_ramps_from_its_start_to_the_peak():
-    from trainers import recipes
+    from keras_sngm_trainers import recipes
 
     s = recipes.schedule("poly", 2.4, 100, power=2, warmup_updates=10, warmup_start=0.1)
     got = lrs(s, 100)
@@ -199,7 +199,7 @@ def test_paper_imagenet_32k_is_journal_table_4():
 
 def test_step_epochs_divide_the_lr_after_those_epochs():
     """He et al.'s ImageNet steps, per epoch: lr 0.1 for epochs 0-29, 0.01 for 30-59, 0.001 after."""
-    from trainers import recipes
+    from keras_sngm_trainers import recipes
 
     upe, epochs = 7, 90
     s = recipes.schedule("step", 0.1, upe * epochs, step_boundaries=[30 / 90, 60 / 90], updates_per_epoch=upe)

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from trainers import presets
-from trainers import study as st
+from keras_sngm_trainers import presets
+from keras_sngm_trainers import study as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import sngm_train, weights_of
 
-from trainers import checkpoint
+from keras_sngm_trainers import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -31,7 +31,7 @@ def _task_flags(task, tmp_path):
         data = fx.write_folder(str(tmp_path / "imagenet"), train=40)
         return ["resnet", "--dataset", "imagenet", "--data-dir", data, "--depth", "18", "--image-size", "16",
                 "--batch-size", "8", "--micro-batch", "4", "--lr", "0.05", "--eval-batch", "12", "--no-verbose"]
-    from trainers.data import planted_ctr
+    from keras_sngm_trainers.data import planted_ctr
 
     planted_ctr.generate(str(tmp_path / "ctr"), 1280, 256, seed=1)
     return ["deepfm", "--data", str(tmp_path / "ctr" / "train.tsv"), "--test-data", str(tmp_path / "ctr" / "test.tsv"),
@@ -86,7 +86,7 @@ def test_checkpoint_every_minutes_saves_within_epochs(tmp_path):
 
 
 def test_segments_cover_the_run_exactly():
-    from trainers.segments import update_ranges as segments
+    from keras_sngm_trainers.segments import update_ranges as segments
 
     assert segments(0, 0, 3, 5) == [(0, 3, 0, 5)]
     assert segments(0, 0, 3, 5, max_updates=7) == [(0, 1, 0, 5), (1, 2, 0, 2)]
@@ -130,7 +130,7 @@ def test_run_directory_has_config_checkpoints_and_tensorboard(tmp_path):
 SAVER = r'''
 import os, sys, time
 import numpy as np, keras
-from trainers import checkpoint
+from keras_sngm_trainers import checkpoint
 m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
 m.compile(optimizer="sgd", loss="mse"); m.optimizer.build(m.trainable_variables)
 checkpoint.save(sys.argv[1], m, m.optimizer, 1)

@@ -177,7 +177,7 @@ def test_msgd_is_the_papers_momentum_sgd_with_l2(jit):
 def test_adam_baseline_adds_l2_to_the_gradient():
     """`--optimizer adam` decays as torch.optim.Adam(weight_decay) does (the paper's
     PyTorch baselines): L2 in the gradient, not Keras' decoupled AdamW decay."""
-    from trainers.recipes import AdamL2, optimizer
+    from keras_sngm_trainers.recipes import AdamL2, optimizer
 
     grads = random_grads(5)
     got, _ = run_keras(optimizer("adam", 0.01, weight_decay=0.05), grads)

@@ -7,7 +7,11 @@
 #
 # Environment:
 #   PIP, PYTHON          the venv's pip and python (the Makefile sets them)
-#   HOROVOD_GPU=1        also build NCCL GPU operations (GPU hosts; needs CUDA + NCCL)
+#   HOROVOD_GPU=1        also build NCCL GPU operations (GPU hosts). tools/find_cuda.py picks the
+#                        CUDA compiler and NCCL first (CUDA_HOME, else a system toolkit, else pip's
+#                        nvidia wheels; SNGM_CUDA_PREFER=pip puts pip first) and fails before any
+#                        build if there is none, or if its CUDA major is not TensorFlow's
+#                        (SNGM_CUDA_MISMATCH=1 accepts that)
 #   SNGM_WHEEL_CACHE     where the built wheel is kept, keyed by the TF version, so a
 #                        fresh .venv on the same machine skips the 8-minute build
 #                        (default ~/.cache/keras-sngm/wheels; set empty to disable)
@@ -23,6 +27,9 @@ check() {
     echo "$cb"
     grep -q "\[X\] TensorFlow" <<<"$cb" || { echo "ERROR: Horovod was built without TensorFlow support" >&2; exit 1; }
     grep -q "\[X\] Gloo" <<<"$cb" || { echo "ERROR: Horovod was built without Gloo" >&2; exit 1; }
+    if [ "${HOROVOD_GPU:-0}" = 1 ]; then
+        grep -q "\[X\] NCCL" <<<"$cb" || { echo "ERROR: Horovod was built without NCCL" >&2; exit 1; }
+    fi
     # -cb marks a framework [X] when `import horovod.<framework>` succeeds; horovod.torch's Python
     # files ship in every wheel and import (with a warning) without their compiled library, so -cb
     # lists PyTorch whenever torch is installed. What was built is the libraries themselves:
@@ -40,16 +47,31 @@ PY
 
 tf_version=$("$PYTHON" -c "import tensorflow as tf; print(tf.__version__)")
 py_tag=$("$PYTHON" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
-gpu_tag=$([ "${HOROVOD_GPU:-0}" = 1 ] && echo nccl || echo cpu)
+gpu_tag=cpu
+if [ "${HOROVOD_GPU:-0}" = 1 ]; then
+    # Before any build: the compiler and NCCL, and TensorFlow's CUDA version to match.
+    tf_cuda=$("$PYTHON" -c "import tensorflow as tf; print(tf.sysconfig.get_build_info().get('cuda_version') or '')")
+    if [ -z "$tf_cuda" ]; then
+        echo "ERROR: HOROVOD_GPU=1 needs a CUDA build of TensorFlow; TensorFlow $tf_version here has none" \
+             "(make install GPU=1 installs TF_PACKAGE='tensorflow[and-cuda]==2.21.0')" >&2
+        exit 2
+    fi
+    site=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    found=$("$PYTHON" "$(dirname "$0")/find_cuda.py" --site "$site" --tf-cuda "$tf_cuda" --shell \
+            ${SNGM_CUDA_PREFER:+--prefer "$SNGM_CUDA_PREFER"} ${SNGM_CUDA_MISMATCH:+--allow-mismatch}) || exit 2
+    eval "$found"   # HOROVOD_CUDA_HOME, HOROVOD_NCCL_INCLUDE/LIB/LINK, HOROVOD_GPU_OPERATIONS, CUDA_VERSION_FOUND
+    gpu_tag=nccl-cuda$CUDA_VERSION_FOUND
+fi
+# One cached wheel per Horovod, TensorFlow, Python, and CPU or NCCL with its CUDA version.
 cache=${SNGM_WHEEL_CACHE-$HOME/.cache/keras-sngm/wheels}/horovod-$HVD_VERSION-tf$tf_version-$py_tag-$gpu_tag
 
-if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null; then
+if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null && { [ "${HOROVOD_GPU:-0}" != 1 ] ||
+        "$(dirname "$PYTHON")/horovodrun" -cb 2>&1 | grep -q "\[X\] NCCL"; }; then
     echo "Horovod already installed"; check; exit 0
 fi
 
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
-if [ "${HOROVOD_GPU:-0}" = 1 ]; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
 # Horovod's CMake files predate CMake 4; harmless with CMake 3.
 export CMAKE_POLICY_VERSION_MINIMUM=3.5
 export MAKEFLAGS="-j$(nproc)"
@@ -68,5 +90,5 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
     "$PIP" wheel --no-build-isolation --no-deps -w "$cache" "$src"
 fi
 "$PIP" install -q cloudpickle psutil pyyaml packaging
-"$PIP" install -q --no-deps "$cache"/horovod-*.whl
+"$PIP" install -q --no-deps --force-reinstall "$cache"/horovod-*.whl
 check

@@ -40,7 +40,7 @@ class Planner:
 
 
 def checks_table(result):
-    from trainers.planning.cli import checks_table as table
+    from keras_sngm_trainers.planning.cli import checks_table as table
 
     return table(result["checks"])
 

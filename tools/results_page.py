@@ -31,7 +31,7 @@ def summary(results_md):
 
 
 def refresh(name, out, page):
-    from trainers import study
+    from keras_sngm_trainers import study
 
     spec = json.load(open(os.path.join(out, "study.json")))
     spec["arms"] = [dict(a) for a in spec["arms"]]
@@ -57,7 +57,7 @@ def refresh(name, out, page):
 
 def published():
     """Markdown: each GPU preset's published cells, arm by arm, beside an empty cell of ours."""
-    from trainers import presets
+    from keras_sngm_trainers import presets
 
     out = []
     for name, spec in presets.PRESETS.items():

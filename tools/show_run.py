@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainers import quiet  # noqa: E402
+from keras_sngm_trainers import quiet  # noqa: E402
 
 with quiet.banners_filtered():  # TensorFlow's import notices
     import tensorflow as tf

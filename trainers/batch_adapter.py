@@ -22,7 +22,7 @@ whole batch remain, so every epoch ends at the same example as the fixed run's.
 
 import math
 
-from trainers.segments import Segment
+from keras_sngm_trainers.segments import Segment
 
 YOUNG_AFTER = 20  # updates in the noise averages before they are trusted: 1 / (1 - 0.95)
 

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_sngm.callbacks import learning_rate_used, optimizer_values
-from trainers import tb_tags
+from keras_sngm_trainers import tb_tags
 
 
 def lr_used(schedule, optimizer):
@@ -20,7 +20,7 @@ def lr_used(schedule, optimizer):
     schedule, what the optimizer's own rate or schedule gave that update."""
     if schedule is None:
         return learning_rate_used(optimizer)
-    if hasattr(schedule, "used"):  # trainers.lr_scaling.ExamplesSchedule: it follows examples, not updates
+    if hasattr(schedule, "used"):  # keras_sngm_trainers.lr_scaling.ExamplesSchedule: it follows examples, not updates
         return schedule.used()
     if callable(schedule):
         return float(keras.ops.convert_to_numpy(schedule(max(int(optimizer.iterations) - 1, 0))))
@@ -33,7 +33,7 @@ def _clock(seconds):
 
 
 def _batch(source):
-    """The global batch now: an int, or the engine's `trainers.segments.Progress`."""
+    """The global batch now: an int, or the engine's `keras_sngm_trainers.segments.Progress`."""
     return getattr(source, "batch", source)
 
 
@@ -46,7 +46,7 @@ class ProgressLogger(keras.callbacks.Callback):
     and `step/examples` (examples seen so far); the epoch logs get the examples seen by
     the epoch's end (`examples`).
 
-    `progress` is the engine's `trainers.segments.Progress` (where each `fit` starts, the
+    `progress` is the engine's `keras_sngm_trainers.segments.Progress` (where each `fit` starts, the
     batch of its updates); `total_examples` is the run's, for the time left."""
 
     def __init__(self, logdir, progress, every=50, write=True, schedule=None, total_examples=0, total_updates=0,

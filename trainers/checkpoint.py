@@ -27,7 +27,7 @@ import zipfile
 import keras
 import numpy as np
 
-from trainers import distributed
+from keras_sngm_trainers import distributed
 
 _NAME = re.compile(r"^ckpt-(\d{5})(?:-(\d{7}))?$")
 FILES = ("state.json", "model.weights.h5", "optimizer.npz")
@@ -136,7 +136,7 @@ def restore(path, model, optimizer):
 
 def optimizer_state(optimizer):
     """What to checkpoint: `checkpoint_variables()` where the optimizer defines it
-    (trainers.distributed.DistributedOptimizer), else all its variables."""
+    (keras_sngm_trainers.distributed.DistributedOptimizer), else all its variables."""
     return optimizer.checkpoint_variables() if hasattr(optimizer, "checkpoint_variables") else optimizer.variables
 
 
@@ -204,12 +204,12 @@ def _fsync(path):
 
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves every `every` epochs (and at the end), and within epochs every `every_steps`
-    updates or `every_minutes`, and where `stop` (a `trainers.preemption.StopRequest`)
+    updates or `every_minutes`, and where `stop` (a `keras_sngm_trainers.preemption.StopRequest`)
     has agreed to stop. Construct it on every rank: the ranks decide together (the
     minutes by any rank's clock), each rank's running metric sums go into a checkpoint
     within an epoch, and rank 0 (`write`) writes it.
 
-    `progress` is the engine's `trainers.segments.Progress`: where the `fit` in flight
+    `progress` is the engine's `keras_sngm_trainers.segments.Progress`: where the `fit` in flight
     starts, with how many micro-batches per update, whether it runs to its epoch's end and
     whether the invocation stops after it (then its end is saved as a checkpoint within the
     epoch). A checkpoint within an epoch records the updates done in it (`step_in_epoch`,

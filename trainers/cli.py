@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-from trainers import config
+from keras_sngm_trainers import config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -82,11 +82,11 @@ def build_parser(given_only=False):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["study"]:
-        from trainers import study
+        from keras_sngm_trainers import study
 
         return study.main(argv[1:])
     if argv[:1] == ["plan"]:
-        from trainers.planning import cli as plan
+        from keras_sngm_trainers.planning import cli as plan
 
         return plan.main(argv[1:])
     if argv[:1] in (["resnet"], ["deepfm"]):
@@ -97,7 +97,7 @@ def main(argv=None):
                              f"(sngm-train {argv[0]} -h lists its flags)")
     args = build_parser().parse_args(argv)
     if args.command == "gen-criteo":
-        from trainers.data import planted_ctr
+        from keras_sngm_trainers.data import planted_ctr
 
         if not _at_least(args, train_rows=1, test_rows=0, val_rows=0):
             return 2
@@ -109,14 +109,14 @@ def main(argv=None):
     cfg = config.from_args(args, args.command)
     try:
         if cfg.resume:  # the run's own settings, from its config.json
-            from trainers import resume
+            from keras_sngm_trainers import resume
 
             cfg = resume.settings(cfg, set(vars(build_parser(given_only=True).parse_args(argv))) - {"command"},
                                   args.command)
         config.validate(cfg, args.command)  # before TensorFlow is imported or any data read
     except ValueError as e:
         return error(str(e))
-    from trainers import quiet
+    from keras_sngm_trainers import quiet
 
     try:
         with quiet.banners_filtered():  # TensorFlow's import notices, not its warnings
@@ -126,10 +126,10 @@ def main(argv=None):
             raise
         return error(NO_TENSORFLOW)
 
-    from trainers import checkpoint, engine, tasks
-    from trainers.data.images import DataNotFoundError
-    from trainers.guard import Diverged
-    from trainers.preemption import Preempted
+    from keras_sngm_trainers import checkpoint, engine, tasks
+    from keras_sngm_trainers.data.images import DataNotFoundError
+    from keras_sngm_trainers.guard import Diverged
+    from keras_sngm_trainers.preemption import Preempted
 
     try:
         engine.train(cfg, tasks.TASKS[args.command])
@@ -197,7 +197,7 @@ def _prep_criteo(args):
         return error(f"--fit-data is used only with --dense-transform minmax. Received: {args.fit_data!r}")
     import tensorflow as tf
 
-    from trainers.data import criteo, criteo_binary, dense_transform
+    from keras_sngm_trainers.data import criteo, criteo_binary, dense_transform
 
     try:
         files = criteo.resolve_files(args.data)

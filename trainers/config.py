@@ -396,7 +396,7 @@ def validate(cfg, task):
         need(cfg.dataset != "synthetic" or cfg.num_classes != 1, "num_classes", "must be >= 2")
         need(finite(cfg.validation_split) and 0 <= cfg.validation_split < 1, "validation_split", "must be in [0, 1)")
         need(not cfg.data_dir or os.path.exists(cfg.data_dir), "data_dir", "does not exist")
-        from trainers.data import layouts  # file names only: no TensorFlow
+        from keras_sngm_trainers.data import layouts  # file names only: no TensorFlow
 
         problem = layouts.check(cfg.data_dir, cfg.dataset)
         if problem:
@@ -436,7 +436,7 @@ def _check_adaptive(cfg, need, finite):
             raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {known} training examples "
                              f"({'--train-subset' if cfg.train_subset else '--dataset synthetic'}).")
         return
-    from trainers import batch_adapter
+    from keras_sngm_trainers import batch_adapter
 
     for name in ("batch_min", "batch_max"):
         need(getattr(cfg, name) >= 1, name, "is required with --batch-size auto (a positive number of examples)")

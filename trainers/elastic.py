@@ -27,9 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainers import checkpoint, distributed, recipes, segments
-from trainers.callbacks import DiagnosticsLogger, ProgressLogger
-from trainers.guard import DivergenceGuard
+from keras_sngm_trainers import checkpoint, distributed, recipes, segments
+from keras_sngm_trainers.callbacks import DiagnosticsLogger, ProgressLogger
+from keras_sngm_trainers.guard import DivergenceGuard
 
 import horovod.tensorflow as hvd  # HVD
 from horovod.common.elastic import ObjectState  # HVD

@@ -1,5 +1,5 @@
 """The training driver shared by every trainer: plain `model.fit`, with the Horovod
-layer (`trainers.distributed`) around the optimizer and in the callbacks."""
+layer (`keras_sngm_trainers.distributed`) around the optimizer and in the callbacks."""
 
 import dataclasses
 import json
@@ -9,11 +9,11 @@ import warnings
 
 import keras
 
-from trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, preemption, recipes, resume,
+from keras_sngm_trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, preemption, recipes, resume,
                       segments, tb_layout, timing, xla_step)
-from trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
-from trainers.config import check_batch
-from trainers.guard import Diverged, DivergenceGuard
+from keras_sngm_trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
+from keras_sngm_trainers.config import check_batch
+from keras_sngm_trainers.guard import Diverged, DivergenceGuard
 
 
 def finished(run_dir, epochs):
@@ -36,7 +36,7 @@ def train(cfg, task_cls):
 
     With `cfg.resume` on a run that already finished, nothing is trained or rewritten:
     returns (its history, None, None). A signal of `cfg.stop_signals` ends training at
-    the next update's end with a checkpoint: `trainers.preemption.Preempted` is raised.
+    the next update's end with a checkpoint: `keras_sngm_trainers.preemption.Preempted` is raised.
     """
     config.validate(cfg, task_cls.name)
     # Caught from now on. Not with --elastic: there a preempted worker is one that leaves, and the others go on.
@@ -269,7 +269,7 @@ def _counts(opt, adapter, batch):
 
 
 def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past, schedule):
-    from trainers import elastic  # HVD
+    from keras_sngm_trainers import elastic  # HVD
 
     def compile_fn(optimizer):
         _compile(model, optimizer, task, cfg)

@@ -5,8 +5,8 @@ import math
 
 import keras
 
-from trainers import distributed
-from trainers.checkpoint import optimizer_state, nonfinite
+from keras_sngm_trainers import distributed
+from keras_sngm_trainers.checkpoint import optimizer_state, nonfinite
 
 
 class Diverged(RuntimeError):
@@ -28,7 +28,7 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def __init__(self, micro_steps_per_update):
         super().__init__()
-        self.k = micro_steps_per_update  # an int, or the engine's trainers.segments.Progress (its `k` now)
+        self.k = micro_steps_per_update  # an int, or the engine's keras_sngm_trainers.segments.Progress (its `k` now)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

@@ -59,7 +59,7 @@ class ExamplesSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """`schedule` (over updates of `ref_batch` examples) read at the examples seen before
     the update, times the `gain` of the current batch.
 
-    `bind(optimizer)` attaches the `trainers.distributed.DistributedOptimizer(adaptive=True)`
+    `bind(optimizer)` attaches the `keras_sngm_trainers.distributed.DistributedOptimizer(adaptive=True)`
     whose `examples`, `accumulation` and noise estimates it reads; Keras then evaluates it
     inside the traced update, as any schedule. `used()` is the rate of the update just made.
 

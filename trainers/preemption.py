@@ -29,7 +29,7 @@ import sys
 
 import keras
 
-from trainers import distributed
+from keras_sngm_trainers import distributed
 
 
 def name(signum):

@@ -5,7 +5,7 @@ import math
 import keras
 
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
-from trainers.config import OPTIMIZERS, SCHEDULES
+from keras_sngm_trainers.config import OPTIMIZERS, SCHEDULES
 
 # Keras' own optimizers apply a NaN/Inf gradient; keras_sngm's skip such a step themselves.
 APPLY_NONFINITE = ("adam", "lamb")

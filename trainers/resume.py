@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from trainers import config
+from keras_sngm_trainers import config
 
 MAY_CHANGE = {
     "resume": "the flag itself",
@@ -93,7 +93,7 @@ def restore(cfg, model, opt, rank, size, updates_per_epoch):
     `<name>.damaged`. Returns (first epoch, updates done in it, micro-batches done in
     it per worker, the epoch logs before it, this rank's running metric sums of the epoch
     entered mid-way or None, the batch adapter's state or None)."""
-    from trainers import checkpoint, distributed
+    from keras_sngm_trainers import checkpoint, distributed
 
     found, past = None, {}
     if rank == 0:

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from trainers import study_cost
-from trainers.presets import PRESETS, arm, base_lr, micro_batch
+from keras_sngm_trainers import study_cost
+from keras_sngm_trainers.presets import PRESETS, arm, base_lr, micro_batch
 
 
 def cell_name(optimizer, batch, lr, seed):
@@ -163,7 +163,7 @@ def run(spec, out, np_=1, extra=()):
     if spec["task"] == "deepfm" and spec.get("data_rows"):
         data = os.path.join(out, "data")
         if not os.path.isfile(os.path.join(data, "truth.json")):
-            from trainers.data import planted_ctr
+            from keras_sngm_trainers.data import planted_ctr
 
             tr, va, te = spec["data_rows"]
             planted_ctr.generate(data, tr, te, seed=0, val_rows=va)

@@ -6,9 +6,9 @@ import os
 import keras
 import numpy as np
 
-from trainers import distributed
-from trainers.data import criteo, criteo_binary, dense_transform, imagenet, imagenet_input, images, sharding
-from trainers.models import deepfm, resnet, twoconv
+from keras_sngm_trainers import distributed
+from keras_sngm_trainers.data import criteo, criteo_binary, dense_transform, imagenet, imagenet_input, images, sharding
+from keras_sngm_trainers.models import deepfm, resnet, twoconv
 
 
 class ResNetTask:

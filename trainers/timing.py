@@ -32,7 +32,7 @@ class UpdateTimer(keras.callbacks.Callback):
 
     Args:
         run_dir: the run directory.
-        progress: the engine's `trainers.segments.Progress` (micro-batches per update).
+        progress: the engine's `keras_sngm_trainers.segments.Progress` (micro-batches per update).
         skip: updates of each invocation left out of the medians (tracing).
         write: whether this process writes the file.
         facts: what to record beside the times (workers, micro-batch, threads, ...).

@@ -6,7 +6,7 @@ Formats (plain or gzip-compressed, e.g. the 1TB logs' `day_0.gz` ... `day_23.gz`
   - CSV with the header `label,I1,...,I13,C1,...,C26` (integers may be written as
     floats, `260.0`).
 Empty fields are missing. Dense features: log(1 + max(x, 0)), 0 when missing, or the
-min-max transform of `--dense-transform minmax` (`trainers.data.dense_transform`).
+min-max transform of `--dense-transform minmax` (`keras_sngm_trainers.data.dense_transform`).
 Categoricals: "C<i>=<value>" hashed into one shared space of `hash_space` buckets
 (a missing value hashes as its own token "C<i>=").
 
@@ -30,8 +30,8 @@ import glob
 import numpy as np
 import tensorflow as tf
 
-from trainers.data import dense_transform
-from trainers.data.sharding import my_lines, shard_files
+from keras_sngm_trainers.data import dense_transform
+from keras_sngm_trainers.data.sharding import my_lines, shard_files
 
 NUM_FIELDS = 40
 DENSE = [f"I{i}" for i in range(1, 14)]
@@ -225,7 +225,7 @@ def dataset(files, batch_size, hash_space, rank=0, size=1, skip_bad_rows=False, 
 
     Without shuffling, the workers' batches of one update (batch t on rank t % size) are
     exactly one process's consecutive rows when reading by line. `dense` is the dense
-    fields' transform (`trainers.data.dense_transform`; None: log1p). With
+    fields' transform (`keras_sngm_trainers.data.dense_transform`; None: log1p). With
     `shuffle_buffer`, each worker permutes its rows in windows of
     `shuffle_buffer // size` rows (and, reading by file, its file order), seeded by
     (seed, epoch): memory is bounded by the window, not the file size.

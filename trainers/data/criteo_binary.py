@@ -1,13 +1,13 @@
 """Criteo rows prepared once as fixed-length binary records, so epochs skip parsing.
 
 `sngm-train prep-criteo --data 'day_*.gz' --out prepared/ --hash-space 262144` runs the
-text pipeline (`trainers.data.criteo`) once and writes shards `part-NNNNN.bin` of
+text pipeline (`keras_sngm_trainers.data.criteo`) once and writes shards `part-NNNNN.bin` of
 160-byte records: label, the 13 transformed dense features (float32) and the 26
 hashed ids (int32), little-endian, then `meta.json` (written last: a folder without
 it is incomplete). Training reads them with `FixedLengthRecordDataset` and one
 `decode_raw` per block: the same features, bit for bit, at memory speed. The ids
 depend on the hash space and the dense values on their transform
-(`trainers.data.dense_transform`: log1p, or min-max with its fitted bounds), so both
+(`keras_sngm_trainers.data.dense_transform`: log1p, or min-max with its fitted bounds), so both
 are recorded and checked against the training flags.
 """
 
@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainers.data import criteo, dense_transform, sharding
+from keras_sngm_trainers.data import criteo, dense_transform, sharding
 
 FORMAT = "sngm-criteo-binary-v1"
 FIELDS = 1 + 13 + 26

@@ -34,7 +34,7 @@ def apply(values, empty, spec):
 def fit_minmax(files, skip_bad_rows=False):
     """The min-max transform of the training `files`, in one streaming pass. Raises
     ValueError naming a field no row holds a value of (min-max scaling needs one)."""
-    from trainers.data import criteo
+    from keras_sngm_trainers.data import criteo
 
     lo, hi = np.full(13, np.inf), np.full(13, -np.inf)
     present, rows = np.zeros(13, np.int64), 0

@@ -22,7 +22,7 @@ import os
 import re
 import struct
 
-from trainers.data.images import IMAGE_EXTS, DataNotFoundError
+from keras_sngm_trainers.data.images import IMAGE_EXTS, DataNotFoundError
 
 SHARD = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 NUM_CLASSES = 1000
@@ -75,7 +75,7 @@ def find(data_dir="", tfds_dir="", download=True, verbose=True):
             if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(os.path.join(base, "val")):
                 return _folder(base)
         if not all(os.path.isfile(os.path.join(data_dir, f)) for f in MANUAL_FILES):  # nor a TFDS manual_dir
-            from trainers.data import layouts
+            from keras_sngm_trainers.data import layouts
 
             raise DataNotFoundError(f"--data-dir {data_dir} holds none of {layouts.IMAGENET_LAYOUTS}; a folder you "
                                     f"name is never downloaded into")

@@ -20,7 +20,7 @@ dropped images before the resume point it lands that many images early.)
 
 import tensorflow as tf
 
-from trainers.data import sharding
+from keras_sngm_trainers.data import sharding
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

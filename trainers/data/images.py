@@ -33,7 +33,7 @@ class DataNotFoundError(FileNotFoundError):
 
 def _say(message):
     """A note on stdout, from rank 0 only under horovodrun (every rank does the work)."""
-    from trainers.config import rank_from_env
+    from keras_sngm_trainers.config import rank_from_env
 
     if rank_from_env() == 0:
         print(message, flush=True)
@@ -197,7 +197,7 @@ def load(dataset="cifar10", data_dir=None, tfds_dir=None, download=True, image_s
             if base:
                 train, test, classes = _read_image_folder(base, image_size)
                 return train, test, classes, f"image folder {base}"
-        from trainers.data import layouts
+        from keras_sngm_trainers.data import layouts
 
         raise DataNotFoundError(f"--data-dir {data_dir} holds none of {layouts.CIFAR_LAYOUTS}; a folder you name is "
                                 f"never downloaded into")

@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 
-from trainers.planning import model
+from keras_sngm_trainers.planning import model
 
 KIB = 1024
 

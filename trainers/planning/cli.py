@@ -17,8 +17,8 @@ import math
 import os
 import sys
 
-from trainers.planning import measured, model
-from trainers.planning.measured import PlanError
+from keras_sngm_trainers.planning import measured, model
+from keras_sngm_trainers.planning.measured import PlanError
 
 # Optimizers whose step length does not depend on B (lr * ||u|| <= lr / (1 - beta)): the same
 # lr serves a larger batch, so updates to the target extrapolate past the measured batches.
@@ -423,13 +423,13 @@ def main(argv):
 
 
 def _measure(a):
-    from trainers import config
+    from keras_sngm_trainers import config
 
     if a.max_bytes < 1024 or a.repeats < 1:
         raise PlanError(f"--max-bytes must be >= 1024 and --repeats >= 1. Received: {a.max_bytes}, {a.repeats}")
     if config.workers_from_env() < 2:  # before TensorFlow is imported
         raise PlanError("--measure-allreduce needs at least 2 workers: run it under "
                         "`horovodrun -np N sngm-train plan --measure-allreduce`. Received: 1 worker")
-    from trainers.planning import allreduce
+    from keras_sngm_trainers.planning import allreduce
 
     return allreduce.measure(a.out, a.max_bytes, a.repeats)

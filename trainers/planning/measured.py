@@ -3,7 +3,7 @@ the run and what to do):
 
 - `config.json`: task, optimizer, workers, micro-batch, batch (or `auto`), gradient bytes
   (`allreduce_bytes`, after `--compression`), updates per epoch;
-- `timing.json` (`trainers.timing`): median micro-batch, step and update seconds;
+- `timing.json` (`keras_sngm_trainers.timing`): median micro-batch, step and update seconds;
 - `history.json`: the per-epoch metrics and examples, and with an adaptive batch every
   update's batch (`batch_runs`);
 - `train/` events: the noise scale `diagnostics/noise_scale` every `--diagnostics-every`
