@@ -5,6 +5,13 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 # GPU=1: TensorFlow with its CUDA wheels, and Horovod with NCCL operations, built with the CUDA
 # compiler tools/find_cuda.py picks (CUDA_HOME, else a system toolkit, else pip's wheels).
+# `make bench-gpu` is for GPU hosts: it sets up the GPU stack, unless SMOKE=1 (the CPU, toy sizes).
+ifneq ($(filter bench-gpu,$(MAKECMDGOALS)),)
+ifneq ($(SMOKE),1)
+GPU         ?= 1
+BENCH_ON_GPU := 1
+endif
+endif
 GPU         ?= 0
 ifeq ($(GPU),1)
 TF_PACKAGE  ?= tensorflow[and-cuda]==2.21.0
@@ -23,12 +30,13 @@ STAMP_HVD   := $(VENV)/.stamp-horovod$(if $(filter 1,$(HOROVOD_GPU)),-nccl,)
 KERAS_OLDEST := 3.12.0
 STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
-.PHONY: gpu-preflight install install-dev test test-fast demo bench study planning notebooks api-docs dist screenshot clean help
+.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu study planning notebooks api-docs dist screenshot clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make bench-gpu - every GPU number on this GPU host into docs/benchmarks-gpu.md (SMOKE=1: the CPU, toy sizes)"
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
 	@echo "make notebooks - execute the notebooks at their small size and save them with their outputs"
@@ -43,6 +51,10 @@ $(BIN)/python: | gpu-preflight
 # What the trainers and `make demo` need: TensorFlow, Keras, TFDS, TensorBoard (and Horovod below).
 # GPU=1, before any download or build: a CUDA compiler of TensorFlow 2.21's CUDA major (12).
 gpu-preflight:
+ifeq ($(BENCH_ON_GPU),1)
+	@nvidia-smi -L 2>/dev/null | grep -q "^GPU" || { echo "make bench-gpu: error: no GPU on this host (nvidia-smi lists none)." \
+	  "\`make bench-gpu SMOKE=1\` runs the same code paths on the CPU at toy sizes." >&2; exit 2; }
+endif
 ifeq ($(HOROVOD_GPU),1)
 	$(PYTHON) tools/find_cuda.py --tf-cuda 12 --compiler-only $(if $(SNGM_CUDA_MISMATCH),--allow-mismatch,) $(if $(SNGM_CUDA_PREFER),--prefer $(SNGM_CUDA_PREFER),)
 endif
@@ -94,6 +106,13 @@ bench: install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/faults.py
 	$(BIN)/python bench/callback_overhead.py
 	KERAS_BACKEND=jax $(BIN)/python bench/callback_overhead.py
+
+# Every GPU number, on this host, into docs/benchmarks-gpu.md (OUT= another page); resumes a cut
+# run (the JSON beside the page); TIME_LIMIT caps it. SMOKE=1: the same code on the CPU, toy sizes.
+TIME_LIMIT ?= 3600
+bench-gpu: gpu-preflight install-dev
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/gpu_bench.py $(if $(filter 1,$(SMOKE)),--smoke,) \
+	  $(if $(OUT),--out $(OUT),) --time-limit $(TIME_LIMIT) $(if $(GPUS),--gpus $(GPUS),)
 
 api-docs: install-dev
 	$(BIN)/python tools/api_docs.py

@@ -11,7 +11,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    license="Apache-2.0",
+    license_expression="Apache-2.0",  # PEP 639 License-Expression (setuptools>=77)
     license_files=["LICENSE"],
     # The trainers live in the folder trainers/ but install as `keras_sngm_trainers`: a
     # generic top-level `trainers` would shadow (or be shadowed by) a user's own module.

@@ -30,28 +30,29 @@ POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 CELLS = [(p, xla) for p in POLICIES for xla in (False, True)]
 
 
-def resnet_step(policy, xla):
+def resnet_step(policy, xla, batch=128, depth=20):
     keras.mixed_precision.set_global_policy(policy)
-    model = resnet.build(20, 10, 32)
+    model = resnet.build(depth, 10, 32)
     model.compile(optimizer=SNGM(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=False)
     if xla:
         xla_step.compile_forward_backward(model)
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(128, 32, 32, 3)).astype("float32"), rng.integers(0, 10, 128)
+    x, y = rng.normal(size=(batch, 32, 32, 3)).astype("float32"), rng.integers(0, 10, batch)
     return lambda: model.train_on_batch(x, y)
 
 
-def deepfm_step(policy, xla):
+def deepfm_step(policy, xla, batch=1024, hash_space=2**18, hidden=(400, 400, 400)):
     keras.mixed_precision.set_global_policy(policy)
-    model = deepfm.deepfm(2**18, 16, (400, 400, 400))
+    model = deepfm.deepfm(hash_space, 16, hidden)
     model.compile(optimizer=SNGM(0.1), loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
     if xla:
         xla_step.compile_forward_backward(model)
     rng = np.random.default_rng(0)
-    x = {"dense": rng.normal(size=(1024, 13)).astype("float32"),
-         "categorical": rng.integers(0, 2**18, (1024, 26)).astype("int64")}
-    return lambda: model.train_on_batch(x, rng.integers(0, 2, (1024, 1)).astype("float32"))
+    x = {"dense": rng.normal(size=(batch, 13)).astype("float32"),
+         "categorical": rng.integers(0, hash_space, (batch, 26)).astype("int64")}
+    y = rng.integers(0, 2, (batch, 1)).astype("float32")
+    return lambda: model.train_on_batch(x, y)
 
 
 def main():

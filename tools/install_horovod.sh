@@ -16,6 +16,10 @@
 #                        fresh .venv on the same machine skips the 8-minute build
 #                        (default ~/.cache/keras-sngm/wheels; set empty to disable)
 set -euo pipefail
+# Our HOROVOD_GPU=1 means "build the NCCL operations"; Horovod's own build reads HOROVOD_GPU as
+# the GPU kind (CUDA or ROCM) and stops at "Unknown HOROVOD_GPU type: 1". Take ours, then unset it.
+gpu=${HOROVOD_GPU:-0}
+unset HOROVOD_GPU
 PIP=${PIP:-pip}
 PYTHON=${PYTHON:-python}
 HVD_VERSION=0.28.1
@@ -27,7 +31,7 @@ check() {
     echo "$cb"
     grep -q "\[X\] TensorFlow" <<<"$cb" || { echo "ERROR: Horovod was built without TensorFlow support" >&2; exit 1; }
     grep -q "\[X\] Gloo" <<<"$cb" || { echo "ERROR: Horovod was built without Gloo" >&2; exit 1; }
-    if [ "${HOROVOD_GPU:-0}" = 1 ]; then
+    if [ "$gpu" = 1 ]; then
         grep -q "\[X\] NCCL" <<<"$cb" || { echo "ERROR: Horovod was built without NCCL" >&2; exit 1; }
     fi
     # -cb marks a framework [X] when `import horovod.<framework>` succeeds; horovod.torch's Python
@@ -48,7 +52,7 @@ PY
 tf_version=$("$PYTHON" -c "import tensorflow as tf; print(tf.__version__)")
 py_tag=$("$PYTHON" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
 gpu_tag=cpu
-if [ "${HOROVOD_GPU:-0}" = 1 ]; then
+if [ "$gpu" = 1 ]; then
     # Before any build: the compiler and NCCL, and TensorFlow's CUDA version to match.
     tf_cuda=$("$PYTHON" -c "import tensorflow as tf; print(tf.sysconfig.get_build_info().get('cuda_version') or '')")
     if [ -z "$tf_cuda" ]; then
@@ -60,12 +64,22 @@ if [ "${HOROVOD_GPU:-0}" = 1 ]; then
     found=$("$PYTHON" "$(dirname "$0")/find_cuda.py" --site "$site" --tf-cuda "$tf_cuda" --shell \
             ${SNGM_CUDA_PREFER:+--prefer "$SNGM_CUDA_PREFER"} ${SNGM_CUDA_MISMATCH:+--allow-mismatch}) || exit 2
     eval "$found"   # HOROVOD_CUDA_HOME, HOROVOD_NCCL_INCLUDE/LIB/LINK, HOROVOD_GPU_OPERATIONS, CUDA_VERSION_FOUND
+    export HOROVOD_GPU=CUDA
+    # pip's NCCL ships only libnccl.so.2, and CMake's find_library wants libnccl.so: link a
+    # build-time name to it. At run time the loader finds libnccl.so.2 beside the venv's
+    # nvidia wheels through the rpath (mpi_lib.so is in site-packages/horovod/tensorflow/).
+    if [ ! -e "$HOROVOD_NCCL_LIB/libnccl.so" ]; then
+        nccl_link=$(mktemp -d)
+        ln -s "$HOROVOD_NCCL_LIB/libnccl.so.2" "$nccl_link/libnccl.so"
+        export HOROVOD_NCCL_LIB=$nccl_link
+    fi
+    export LDFLAGS="${LDFLAGS:-} -Wl,-rpath,\$ORIGIN/../../nvidia/nccl/lib"
     gpu_tag=nccl-cuda$CUDA_VERSION_FOUND
 fi
 # One cached wheel per Horovod, TensorFlow, Python, and CPU or NCCL with its CUDA version.
 cache=${SNGM_WHEEL_CACHE-$HOME/.cache/keras-sngm/wheels}/horovod-$HVD_VERSION-tf$tf_version-$py_tag-$gpu_tag
 
-if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null && { [ "${HOROVOD_GPU:-0}" != 1 ] ||
+if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null && { [ "$gpu" != 1 ] ||
         "$(dirname "$PYTHON")/horovodrun" -cb 2>&1 | grep -q "\[X\] NCCL"; }; then
     echo "Horovod already installed"; check; exit 0
 fi
@@ -91,4 +105,5 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
 fi
 "$PIP" install -q cloudpickle psutil pyyaml packaging
 "$PIP" install -q --no-deps --force-reinstall "$cache"/horovod-*.whl
-check
+# A wheel that fails the check (e.g. it does not import) leaves the cache, so no later install takes it.
+( check ) || { echo "removing the cached wheel in $cache" >&2; rm -rf "$cache"; exit 1; }

@@ -23,13 +23,15 @@ COMPRESSIONS = ("none", "fp16")
 
 
 def init(threads=0):
-    """Initializes Horovod (when present) and sets threads per process: `threads`, or
-    when 0 the host's cores / local processes. Returns the threads.
+    """Initializes Horovod (when present), gives this process the GPU of its local rank
+    (`pin_gpu`), and sets threads per process: `threads`, or when 0 the host's cores /
+    local processes. Returns the threads.
 
     Must run before TensorFlow creates its thread pools (before any op runs).
     """
     if hvd is not None:
         hvd.init()  # HVD
+    pin_gpu()
     # Processes on one host share its cores: each gets cores / local_size threads.
     threads = threads or max(1, (os.cpu_count() or 1) // local_size())
     try:
@@ -38,6 +40,26 @@ def init(threads=0):
     except RuntimeError:
         pass  # TensorFlow already initialized (e.g. inside tests): keep its pools.
     return threads
+
+
+def local_rank():
+    return hvd.local_rank() if hvd is not None and hvd.is_initialized() else 0  # HVD
+
+
+def pin_gpu():
+    """One GPU per local process (the GPU of its local rank), memory allocated as it grows, so
+    N processes on an N-GPU host neither share GPU 0 nor take each other's memory. Returns
+    the GPU kept, or None on a host without one. Must run before TensorFlow uses a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    mine = gpus[local_rank() % len(gpus)]
+    try:
+        tf.config.set_visible_devices(mine, "GPU")
+        tf.config.experimental.set_memory_growth(mine, True)
+    except RuntimeError:
+        pass  # TensorFlow already initialized its GPUs (e.g. inside tests): keep its placement.
+    return mine
 
 
 def _on():
