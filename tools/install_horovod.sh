@@ -96,8 +96,15 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
     "$PIP" download -q --no-deps --no-binary :all: "horovod==$HVD_VERSION" -d "$work"
     tar -xzf "$work/horovod-$HVD_VERSION.tar.gz" -C "$work"
     src="$work/horovod-$HVD_VERSION"
-    # The one change: drop the optional XLA ops from the TensorFlow target.
+    # Change 1: drop the optional XLA ops from the TensorFlow target.
     sed -i '/xla_mpi_ops\.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
+    # Change 2 (GPU builds): the TensorFlow ops get each op's CUDA stream from
+    # stream_executor::gpu::AsGpuStreamValue, which newer TensorFlow no longer exports (the
+    # import fails with an undefined symbol). Where the installed TensorFlow's Stream has
+    # platform_specific_handle() (a virtual call, no symbol needed), define it from that.
+    if [ "$gpu" = 1 ]; then
+        "$PYTHON" "$(dirname "$0")/patch_horovod_stream.py" "$src/horovod/tensorflow/mpi_ops.cc"
+    fi
     echo "Building Horovod $HVD_VERSION against TensorFlow $tf_version (about 8 minutes on 2 cores)..."
     "$PIP" install -q cloudpickle psutil pyyaml packaging
     mkdir -p "$cache"

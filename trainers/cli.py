@@ -19,6 +19,7 @@ import codecs
 import os
 import re
 import sys
+import time
 
 from keras_sngm_trainers import config
 
@@ -30,21 +31,35 @@ NO_TENSORFLOW = ("the trainers need TensorFlow, which is not installed (the kera
                  "'tensorflow[and-cuda]==2.21.0'), or `make install` in this repository")
 
 
+# Under horovodrun the first worker to exit gets the others terminated. A rank other than 0 that
+# meets an error waits this long before it exits 2, so that rank 0's message reaches the user
+# before horovodrun stops rank 0 (rank 0's exit ends the wait). A rank still alive after it met
+# an error rank 0 did not, and prints its own.
+ERROR_GRACE_SECONDS = 10
+
+
+def _print_error(text):
+    """`text` on stderr from rank 0 at once; from another rank only if rank 0 has not ended
+    the job within ERROR_GRACE_SECONDS, prefixed with the rank."""
+    rank = config.rank_from_env()
+    if rank != 0:
+        time.sleep(ERROR_GRACE_SECONDS)
+        text = f"[rank {rank}] {text}"
+    print(text, file=sys.stderr, flush=True)
+
+
 def error(message):
-    """`sngm-train: error: MESSAGE` on stderr, from rank 0 only under horovodrun (every rank
+    """`sngm-train: error: MESSAGE` on stderr, once under horovodrun (rank 0's; every rank
     exits 2); returns 2."""
-    if config.rank_from_env() == 0:
-        print(f"sngm-train: error: {message}", file=sys.stderr, flush=True)
+    _print_error(f"sngm-train: error: {message}")
     return 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's errors, printed by rank 0 only."""
+    """argparse's errors, printed once under horovodrun (see `_print_error`)."""
 
     def error(self, message):
-        if config.rank_from_env() == 0:
-            self.print_usage(sys.stderr)
-            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        _print_error(f"{self.format_usage()}{self.prog}: error: {message}")
         sys.exit(2)
 
 
