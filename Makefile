@@ -12,6 +12,11 @@ GPU         ?= 1
 BENCH_ON_GPU := 1
 endif
 endif
+# A venv set up with GPU=1 stays a GPU venv: later commands (make test, make bench-gpu SMOKE=1)
+# keep its TensorFlow and Horovod instead of installing the CPU builds over them. GPU=0 switches.
+ifneq ($(wildcard $(VENV)/.stamp-base-gpu),)
+GPU         ?= 1
+endif
 GPU         ?= 0
 ifeq ($(GPU),1)
 TF_PACKAGE  ?= tensorflow[and-cuda]==2.21.0
@@ -55,11 +60,14 @@ ifeq ($(BENCH_ON_GPU),1)
 	@nvidia-smi -L 2>/dev/null | grep -q "^GPU" || { echo "make bench-gpu: error: no GPU on this host (nvidia-smi lists none)." \
 	  "\`make bench-gpu SMOKE=1\` runs the same code paths on the CPU at toy sizes." >&2; exit 2; }
 endif
-ifeq ($(HOROVOD_GPU),1)
+ifeq ($(HOROVOD_GPU)$(wildcard $(STAMP_HVD)),1)
 	$(PYTHON) tools/find_cuda.py --tf-cuda 12 --compiler-only $(if $(SNGM_CUDA_MISMATCH),--allow-mismatch,) $(if $(SNGM_CUDA_PREFER),--prefer $(SNGM_CUDA_PREFER),)
 endif
 
+# The two TensorFlow builds share their files: switching flavour removes the other one first.
+OTHER_TF    := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
 $(STAMP_BASE): $(BIN)/python requirements.txt setup.py | gpu-preflight
+	$(BIN)/pip uninstall -q -y $(OTHER_TF) 2>/dev/null || true
 	$(BIN)/pip install -q "$(TF_PACKAGE)" -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@

@@ -4,6 +4,8 @@
 # Horovod's last release predates TF 2.21. It builds with one change:
 # its optional XLA ops (xla_mpi_ops.cc) include XLA headers that need highwayhash,
 # which TF 2.21 does not ship, so we drop that one source file from the TF target.
+# A GPU build needs a second: tools/patch_horovod_stream.py (TF 2.21 no longer exports the
+# function Horovod's GPU ops take each op's CUDA stream from).
 #
 # Environment:
 #   PIP, PYTHON          the venv's pip and python (the Makefile sets them)
@@ -65,13 +67,16 @@ if [ "$gpu" = 1 ]; then
             ${SNGM_CUDA_PREFER:+--prefer "$SNGM_CUDA_PREFER"} ${SNGM_CUDA_MISMATCH:+--allow-mismatch}) || exit 2
     eval "$found"   # HOROVOD_CUDA_HOME, HOROVOD_NCCL_INCLUDE/LIB/LINK, HOROVOD_GPU_OPERATIONS, CUDA_VERSION_FOUND
     export HOROVOD_GPU=CUDA
-    # pip's NCCL ships only libnccl.so.2, and CMake's find_library wants libnccl.so: link a
-    # build-time name to it. At run time the loader finds libnccl.so.2 beside the venv's
-    # nvidia wheels through the rpath (mpi_lib.so is in site-packages/horovod/tensorflow/).
+    # pip's NCCL ships only libnccl.so.2, and CMake's find_library wants libnccl.so: link that
+    # name to it, beside it in the venv (else in a temporary folder, which then ends up in the
+    # library's RUNPATH). At run time the loader finds libnccl.so.2 beside the venv's nvidia
+    # wheels through the rpath (mpi_lib.so is in site-packages/horovod/tensorflow/).
     if [ ! -e "$HOROVOD_NCCL_LIB/libnccl.so" ]; then
-        nccl_link=$(mktemp -d)
-        ln -s "$HOROVOD_NCCL_LIB/libnccl.so.2" "$nccl_link/libnccl.so"
-        export HOROVOD_NCCL_LIB=$nccl_link
+        if ! ln -s libnccl.so.2 "$HOROVOD_NCCL_LIB/libnccl.so" 2>/dev/null; then
+            nccl_link=$(mktemp -d)
+            ln -s "$HOROVOD_NCCL_LIB/libnccl.so.2" "$nccl_link/libnccl.so"
+            export HOROVOD_NCCL_LIB=$nccl_link
+        fi
     fi
     export LDFLAGS="${LDFLAGS:-} -Wl,-rpath,\$ORIGIN/../../nvidia/nccl/lib"
     gpu_tag=nccl-cuda$CUDA_VERSION_FOUND
