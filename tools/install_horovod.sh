@@ -53,6 +53,11 @@ PY
 
 tf_version=$("$PYTHON" -c "import tensorflow as tf; print(tf.__version__)")
 py_tag=$("$PYTHON" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
+# Installed already (a rerun, or a script newer than its stamp): only the checks.
+if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null && { [ "$gpu" != 1 ] ||
+        "$(dirname "$PYTHON")/horovodrun" -cb 2>&1 | grep -q "\[X\] NCCL"; }; then
+    echo "Horovod already installed"; check; exit 0
+fi
 gpu_tag=cpu
 if [ "$gpu" = 1 ]; then
     # Before any build: the compiler and NCCL, and TensorFlow's CUDA version to match.
@@ -84,10 +89,6 @@ fi
 # One cached wheel per Horovod, TensorFlow, Python, and CPU or NCCL with its CUDA version.
 cache=${SNGM_WHEEL_CACHE-$HOME/.cache/keras-sngm/wheels}/horovod-$HVD_VERSION-tf$tf_version-$py_tag-$gpu_tag
 
-if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null && { [ "$gpu" != 1 ] ||
-        "$(dirname "$PYTHON")/horovodrun" -cb 2>&1 | grep -q "\[X\] NCCL"; }; then
-    echo "Horovod already installed"; check; exit 0
-fi
 
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
