@@ -54,8 +54,10 @@ PY
 tf_version=$("$PYTHON" -c "import tensorflow as tf; print(tf.__version__)")
 py_tag=$("$PYTHON" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
 # Installed already (a rerun, or a script newer than its stamp): only the checks.
+# (-cb's output is taken whole before grep: under pipefail, `grep -q` leaving early can fail
+# the pipe with horovodrun's SIGPIPE.)
 if "$PYTHON" -c "import horovod.tensorflow" 2>/dev/null && { [ "$gpu" != 1 ] ||
-        "$(dirname "$PYTHON")/horovodrun" -cb 2>&1 | grep -q "\[X\] NCCL"; }; then
+        grep -q "\[X\] NCCL" <<<"$("$(dirname "$PYTHON")/horovodrun" -cb 2>&1)"; }; then
     echo "Horovod already installed"; check; exit 0
 fi
 gpu_tag=cpu
