@@ -93,11 +93,15 @@ install: $(STAMP_BASE) $(STAMP_HVD)
 
 install-dev: install $(STAMP_DEV) $(STAMP_OLD)
 
+# Two pytest workers (pytest-xdist): most of a test's time is single-threaded (interpreter and
+# TensorFlow start-up in its subprocesses), so two cores run two tests. A file stays on one worker.
+PYTEST      := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test: install-dev
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash tools/demo.sh

@@ -38,7 +38,7 @@ NO_TENSORFLOW = ("the trainers need TensorFlow, which is not installed (the kera
 ERROR_GRACE_SECONDS = 10
 
 
-def _print_error(text):
+def print_error(text):
     """`text` on stderr from rank 0 at once; from another rank only if rank 0 has not ended
     the job within ERROR_GRACE_SECONDS, prefixed with the rank."""
     rank = config.rank_from_env()
@@ -51,15 +51,15 @@ def _print_error(text):
 def error(message):
     """`sngm-train: error: MESSAGE` on stderr, once under horovodrun (rank 0's; every rank
     exits 2); returns 2."""
-    _print_error(f"sngm-train: error: {message}")
+    print_error(f"sngm-train: error: {message}")
     return 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's errors, printed once under horovodrun (see `_print_error`)."""
+    """argparse's errors, printed once under horovodrun (see `print_error`)."""
 
     def error(self, message):
-        _print_error(f"{self.format_usage()}{self.prog}: error: {message}")
+        print_error(f"{self.format_usage()}{self.prog}: error: {message}")
         sys.exit(2)
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 from keras_sngm_trainers.planning import model
+from keras_sngm_trainers.planning.measured import PlanError
 
 KIB = 1024
 
@@ -69,7 +70,12 @@ def measure(out, max_bytes, repeats):
                                      name=f"t_{nbytes}").numpy())
         rows.append({"bytes": nbytes, "seconds": median, "repeats": reps, "algbw_gbs": nbytes / median / 1e9,
                      "busbw_gbs": nbytes / median / 1e9 * 2 * (workers - 1) / workers})
-    alpha, busbw, rms = model.fit_allreduce([r["bytes"] for r in rows], [r["seconds"] for r in rows], workers)
+    try:
+        alpha, busbw, rms = model.fit_allreduce([r["bytes"] for r in rows], [r["seconds"] for r in rows], workers)
+    except ValueError as e:  # e.g. noise larger than the transfer time of the largest message
+        times = ", ".join(f"{r['bytes']:,} B {1e3 * r['seconds']:.3f} ms" for r in rows)
+        raise PlanError(f"{e} (median times: {times}); measure larger messages (--max-bytes) or more "
+                        "repeats (--repeats)") from None
     record = {"workers": workers, "backend": _backend(hvd, bool(gpus)), "device": "gpu" if gpus else "cpu",
               "host": platform.node(), "horovod": horovod.__version__,
               "alpha_seconds": alpha, "busbw_bytes_per_second": busbw, "rms_relative_error": rms, "sizes": rows}

@@ -405,7 +405,9 @@ def main(argv):
         rows = [plan.row(n, b) for b in a.batch_list for n in a.workers_list]
         checked = checks(plan, a.check)
     except PlanError as e:
-        print(f"sngm-train: error: {e}", file=sys.stderr)
+        from keras_sngm_trainers.cli import print_error  # once under horovodrun (--measure-allreduce)
+
+        print_error(f"sngm-train: error: {e}")
         return 2
     found = best(rows, a.max_workers, a.max_hours)
     print(report(plan, rows, found, checked), flush=True)
