@@ -239,12 +239,12 @@ def test_measure_allreduce_under_horovodrun(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([os.path.join(BIN, "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2",
                            os.path.join(BIN, "sngm-train"), "plan", "--measure-allreduce", "--out", str(out),
-                           "--max-bytes", str(4 << 20), "--repeats", "3"], cwd=ROOT, env=env, capture_output=True,
+                           "--max-bytes", str(16 << 20), "--repeats", "5"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     fit = json.load(open(out))
     assert fit["workers"] == 2 and fit["backend"] == "gloo" and fit["device"] == "cpu"
-    assert [r["bytes"] for r in fit["sizes"]] == [1024 * 4 ** i for i in range(7)]
+    assert [r["bytes"] for r in fit["sizes"]] == [1024 * 4 ** i for i in range(8)]
     for r in fit["sizes"]:  # NCCL-tests' convention, from the measured time
         assert r["busbw_gbs"] == pytest.approx(r["bytes"] / r["seconds"] / 1e9 * 2 * 1 / 2, rel=1e-9)
     # the fit is that of the measured times, by the planner's own least squares

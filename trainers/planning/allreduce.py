@@ -18,6 +18,7 @@ from keras_sngm_trainers.planning import model
 from keras_sngm_trainers.planning.measured import PlanError
 
 KIB = 1024
+WARMUP_CALLS = 50
 
 
 def sizes(max_bytes):
@@ -52,6 +53,10 @@ def measure(out, max_bytes, repeats):
               "`horovodrun -np N sngm-train plan --measure-allreduce`. Received: 1 worker", file=sys.stderr)
         return 2
     device = "/GPU:0" if gpus else "/CPU:0"
+    # Warm-up before any timing: the communicators (NCCL's are made at the first GPU
+    # allreduce) and Horovod's background loop; a fixed count, so every worker makes the same calls.
+    for _ in range(WARMUP_CALLS):
+        hvd.allreduce(tf.constant(0.0), name="warmup")  # HVD
     rows = []
     for nbytes in sizes(max_bytes):
         with tf.device(device):
