@@ -70,8 +70,14 @@ def _check_patterns(name, patterns):
     return patterns
 
 
+def _path(variable):
+    """A Keras variable's `path`; a raw `tf.Variable` (which Keras' optimizers accept beside
+    Keras variables) has only a `name`."""
+    return getattr(variable, "path", None) or variable.name
+
+
 def _matches(patterns, variable):
-    return any(re.search(p, variable.path) for p in patterns)
+    return any(re.search(p, _path(variable)) for p in patterns)
 
 
 def squared_norm(x):
@@ -83,10 +89,12 @@ def squared_norm(x):
 
 
 def _dense(g):
-    """TensorFlow's IndexedSlices (embedding gradients) as a dense tensor: the momentum
-    decays every row, so the update is dense anyway; repeated indices are summed. Any
-    gradient becomes a backend tensor (`apply` may be given NumPy arrays)."""
-    return tf.convert_to_tensor(g) if tf is not None else ops.convert_to_tensor(g)  # (NumPy gradients too)
+    """A sparse gradient (TensorFlow's IndexedSlices, JAX's BCOO: embedding gradients) as a
+    dense tensor: the momentum decays every row, so the update is dense anyway; repeated
+    indices are summed. Any gradient becomes a backend tensor (`apply` may be given NumPy
+    arrays). BCOO is densified by a scatter-add, which needs no static count of its
+    non-zeros inside `jax.jit` (summing its duplicates first would)."""
+    return tf.convert_to_tensor(g) if tf is not None else ops.convert_to_tensor(g, sparse=False)
 
 
 def _replicas():
@@ -129,8 +137,18 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
 
     Non-finite gradients: the step is skipped. Weights and momentum stay exactly as
     they were, `skipped_steps` (an optimizer variable, saved with the model) is
-    incremented, and `iterations` still advances (so schedules do too), as in
-    `keras.optimizers.LossScaleOptimizer`.
+    incremented, and `iterations` still advances. This differs from
+    `keras.optimizers.LossScaleOptimizer`, which skips before its inner optimizer runs, so
+    that neither the inner `iterations` nor a schedule advances. Here `iterations` counts
+    the batches consumed: a schedule and a resumed run's data position stay in step with
+    the data, and `skipped_steps` says how many updates were not taken. Inside a
+    LossScaleOptimizer, its own rule applies (it never hands over a non-finite gradient).
+
+    Keras' clipping arguments act on the gradients before this step: `clipnorm` clips
+    each variable's gradient on its own, which changes SNGM's direction (the variables'
+    relative sizes); `global_clipnorm` scales all of them by one factor, which a
+    normalized direction divides out (no effect without L2 decay); `clipvalue` clips
+    elementwise. With `weight_decay_mode="l2"` the decay is added after the clipping.
     """
 
     # Regexes (on variable.path) excluded from weight decay when the user passes none.

@@ -20,7 +20,9 @@ class BlockSNGM(NormalizedMomentumOptimizer):
 
     The paper proves this is never faster than `SNGM` (whose norm spans all
     variables); it is here for comparison. Weight decay, exclusions, non-finite
-    gradients and `**kwargs` behave as in `keras_sngm.SNGM`.
+    gradients and `**kwargs` behave as in `keras_sngm.SNGM`. Since each variable is
+    divided by its own norm, neither `clipnorm` nor `global_clipnorm` changes the step
+    unless L2 decay is on (added after the clipping); `clipvalue` does.
 
     Example (each variable normalized by its own norm):
 

@@ -27,7 +27,9 @@ class LARS(NormalizedMomentumOptimizer):
     not to the minimum -1. Variables matching `trust_ratio_exclude` (biases and
     normalization parameters by default) use r_s = 1, as does any variable whose
     phi(norm(w_s)) or norm(g_s) is zero. Non-finite gradients skip the step, as in
-    `keras_sngm.SNGM`.
+    `keras_sngm.SNGM`. The trust ratio divides each gradient by its own norm, so
+    `clipnorm` and `global_clipnorm` change only the excluded variables' steps (and,
+    with L2 decay, the mix of g_s and the decay added after the clipping).
 
     Example (trust ratio 0.001 * ||w|| / ||g|| = 0.001 * 5 / 0.5 = 0.01):
 

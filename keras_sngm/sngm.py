@@ -29,7 +29,13 @@ class SNGM(NormalizedMomentumOptimizer):
     The norm is taken after loss-scale unscaling, gradient accumulation and
     cross-replica averaging. A zero gradient gives a zero direction. A NaN or Inf
     gradient skips the step: weights and momentum are left untouched and
-    `skipped_steps` is incremented.
+    `skipped_steps` is incremented (`iterations` advances; unlike
+    `keras.optimizers.LossScaleOptimizer`'s skip, see `NormalizedMomentumOptimizer`).
+
+    Keras' clipping comes first: `clipnorm` (per variable) changes the direction, since
+    it changes the variables' relative sizes; `global_clipnorm` changes nothing unless
+    L2 decay is on (it scales every gradient alike, and the norm divides that out; the
+    L2 term is added after it); `clipvalue` clips elementwise.
 
     Example (two variables, one norm over both; the step is `lr` long whatever the
     gradient's size):
