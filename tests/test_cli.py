@@ -437,15 +437,15 @@ def test_what_a_run_prints(tmp_path, monkeypatch, capsys):
 def test_an_error_on_a_rank_other_than_0_waits_for_rank_0_then_names_its_rank():
     """Under horovodrun rank 0 prints an error at once; another rank waits (for rank 0 to end
     the job, which ends it too) and, still alive after the wait, prints the error with its rank."""
-    from keras_sngm_trainers import cli
+    from keras_sngm_trainers import errors
 
     for args, text in ((["resnet", "--batch-size", "0"], "sngm-train: error: --batch-size must be >= 1"),
                        (["resnet", "--no-such-flag"], "sngm-train: error: unrecognized arguments: --no-such-flag")):
         t0 = time.monotonic()
         proc = sngm_train(args, HOROVOD_RANK="0")
         assert proc.returncode == 2 and text in proc.stderr and "[rank" not in proc.stderr
-        assert time.monotonic() - t0 < cli.ERROR_GRACE_SECONDS
+        assert time.monotonic() - t0 < errors.ERROR_GRACE_SECONDS
         t0 = time.monotonic()
         proc = sngm_train(args, HOROVOD_RANK="1")
-        assert time.monotonic() - t0 >= cli.ERROR_GRACE_SECONDS
+        assert time.monotonic() - t0 >= errors.ERROR_GRACE_SECONDS
         assert proc.returncode == 2 and proc.stderr.startswith("[rank 1] ") and text in proc.stderr, proc.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import BIN, sngm_train, weights_of
 
-from keras_sngm_trainers.data import dense_transform, planted_ctr
+from keras_sngm_trainers.data import planted_ctr
 
 
 def _raw_dense(path):
@@ -27,7 +27,7 @@ def test_minmax_transform_equals_numpy(tmp_path):
     planted_ctr.generate(str(tmp_path), 3000, 500, seed=4)
     train, test = _raw_dense(tmp_path / "train.tsv"), _raw_dense(tmp_path / "test.tsv")
     assert np.isnan(train).any(0).all()  # every field misses values somewhere: the fill matters
-    spec = dense_transform.fit_minmax([str(tmp_path / "train.tsv")])
+    spec = criteo.fit_minmax([str(tmp_path / "train.tsv")])
     filled = np.nan_to_num(train, nan=0.0)
     np.testing.assert_array_equal(spec["min"], filled.min(0))
     np.testing.assert_array_equal(spec["max"], filled.max(0))

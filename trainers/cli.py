@@ -19,9 +19,9 @@ import codecs
 import os
 import re
 import sys
-import time
 
 from keras_sngm_trainers import config
+from keras_sngm_trainers.errors import error, print_error
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,30 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 NO_TENSORFLOW = ("the trainers need TensorFlow, which is not installed (the keras_sngm optimizers run on any Keras "
                  "backend; sngm-train does not): pip install tensorflow-cpu==2.21.0 (GPU hosts: "
                  "'tensorflow[and-cuda]==2.21.0'), or `make install` in this repository")
-
-
-# Under horovodrun the first worker to exit gets the others terminated. A rank other than 0 that
-# meets an error waits this long before it exits 2, so that rank 0's message reaches the user
-# before horovodrun stops rank 0 (rank 0's exit ends the wait). A rank still alive after it met
-# an error rank 0 did not, and prints its own.
-ERROR_GRACE_SECONDS = 10
-
-
-def print_error(text):
-    """`text` on stderr from rank 0 at once; from another rank only if rank 0 has not ended
-    the job within ERROR_GRACE_SECONDS, prefixed with the rank."""
-    rank = config.rank_from_env()
-    if rank != 0:
-        time.sleep(ERROR_GRACE_SECONDS)
-        text = f"[rank {rank}] {text}"
-    print(text, file=sys.stderr, flush=True)
-
-
-def error(message):
-    """`sngm-train: error: MESSAGE` on stderr, once under horovodrun (rank 0's; every rank
-    exits 2); returns 2."""
-    print_error(f"sngm-train: error: {message}")
-    return 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -212,14 +188,14 @@ def _prep_criteo(args):
         return error(f"--fit-data is used only with --dense-transform minmax. Received: {args.fit_data!r}")
     import tensorflow as tf
 
-    from keras_sngm_trainers.data import criteo, criteo_binary, dense_transform
+    from keras_sngm_trainers.data import criteo, criteo_binary
 
     try:
         files = criteo.resolve_files(args.data)
         dense = None
         if args.dense_transform == "minmax":
-            dense = dense_transform.fit_minmax(criteo.resolve_files(args.fit_data) if args.fit_data else files,
-                                               args.skip_bad_rows)
+            dense = criteo.fit_minmax(criteo.resolve_files(args.fit_data) if args.fit_data else files,
+                                      args.skip_bad_rows)
         meta = criteo_binary.prepare(files, args.out, args.hash_space, args.rows_per_shard, args.skip_bad_rows,
                                      dense=dense)
     except (ValueError, FileNotFoundError) as e:

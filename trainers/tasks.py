@@ -168,7 +168,7 @@ class DeepFMTask:
             truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
             self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
             # min-max: fitted on the training files, one pass (every worker makes the same one)
-            self.dense = (dense_transform.fit_minmax(self.train_files, cfg.skip_bad_rows)
+            self.dense = (criteo.fit_minmax(self.train_files, cfg.skip_bad_rows)
                           if cfg.dense_transform == "minmax" else dense_transform.LOG1P)
         self.test_files = self._source(cfg.test_data)
         self.val_files = self._source(cfg.val_data)

@@ -278,3 +278,23 @@ def synthetic(batch_size, hash_space, seed=0, rank=0):
         return {"dense": tf.math.log1p(counts), "categorical": ids}, y
 
     return tf.data.Dataset.range(2**62).map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_minmax(files, skip_bad_rows=False):
+    """The min-max transform of the training `files`, in one streaming pass. Raises
+    ValueError naming a field no row holds a value of (min-max scaling needs one)."""
+    lo, hi = np.full(13, np.inf), np.full(13, -np.inf)
+    present, rows = np.zeros(13, np.int64), 0
+    for x, _ in dataset(files, 4096, 2, skip_bad_rows=skip_bad_rows, drop_remainder=False, dense=dense_transform.RAW):
+        block = x["dense"].numpy().astype(np.float64)
+        seen = ~np.isnan(block)
+        present += seen.sum(0)
+        rows += len(block)
+        filled = np.where(seen, block, 0.0)  # missing counts as 0
+        lo, hi = np.minimum(lo, filled.min(0)), np.maximum(hi, filled.max(0))
+    empty = [f"I{i + 1}" for i in np.flatnonzero(present == 0)]
+    if empty:
+        raise ValueError(f"--dense-transform minmax: dense field {', '.join(empty)} has no value in any of the {rows} "
+                         f"training rows of {list(files)}: min-max scaling needs one (use --dense-transform log1p, or "
+                         f"check the column layout)")
+    return {"dense_transform": "minmax", "min": lo.tolist(), "max": hi.tolist(), "fitted_on_rows": int(rows)}

@@ -9,14 +9,14 @@ meta.json, and checked against the flags when a prepared folder is read:
   values with 0 before its MinMaxScaler), so min <= 0 <= max wherever a row misses the
   field; a field whose values are all one value maps to 0 (scikit-learn's choice). Not
   clipped: held-out values outside the training range fall outside [0, 1], as with the
-  scaler. Fitted by `fit_minmax`, one streaming pass over the training files.
+  scaler. Fitted by `criteo.fit_minmax`, one streaming pass over the training files.
 """
 
 import numpy as np
 import tensorflow as tf
 
 LOG1P = {"dense_transform": "log1p"}
-RAW = {"dense_transform": "raw"}  # the values, NaN where missing: what `fit_minmax` reads
+RAW = {"dense_transform": "raw"}  # the values, NaN where missing: what `criteo.fit_minmax` reads
 
 
 def apply(values, empty, spec):
@@ -29,28 +29,6 @@ def apply(values, empty, spec):
     lo = tf.constant(spec["min"], tf.float32)
     span = tf.constant([h - l if h > l else 1.0 for l, h in zip(spec["min"], spec["max"])], tf.float32)
     return (tf.where(empty, 0.0, values) - lo) / span
-
-
-def fit_minmax(files, skip_bad_rows=False):
-    """The min-max transform of the training `files`, in one streaming pass. Raises
-    ValueError naming a field no row holds a value of (min-max scaling needs one)."""
-    from keras_sngm_trainers.data import criteo
-
-    lo, hi = np.full(13, np.inf), np.full(13, -np.inf)
-    present, rows = np.zeros(13, np.int64), 0
-    for x, _ in criteo.dataset(files, 4096, 2, skip_bad_rows=skip_bad_rows, drop_remainder=False, dense=RAW):
-        block = x["dense"].numpy().astype(np.float64)
-        seen = ~np.isnan(block)
-        present += seen.sum(0)
-        rows += len(block)
-        filled = np.where(seen, block, 0.0)  # missing counts as 0
-        lo, hi = np.minimum(lo, filled.min(0)), np.maximum(hi, filled.max(0))
-    empty = [f"I{i + 1}" for i in np.flatnonzero(present == 0)]
-    if empty:
-        raise ValueError(f"--dense-transform minmax: dense field {', '.join(empty)} has no value in any of the {rows} "
-                         f"training rows of {list(files)}: min-max scaling needs one (use --dense-transform log1p, or "
-                         f"check the column layout)")
-    return {"dense_transform": "minmax", "min": lo.tolist(), "max": hi.tolist(), "fitted_on_rows": int(rows)}
 
 
 def same(a, b):

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import sys
 
 from keras_sngm_trainers.planning import measured, model
 from keras_sngm_trainers.planning.measured import PlanError
@@ -405,7 +404,7 @@ def main(argv):
         rows = [plan.row(n, b) for b in a.batch_list for n in a.workers_list]
         checked = checks(plan, a.check)
     except PlanError as e:
-        from keras_sngm_trainers.cli import print_error  # once under horovodrun (--measure-allreduce)
+        from keras_sngm_trainers.errors import print_error  # once under horovodrun (--measure-allreduce)
 
         print_error(f"sngm-train: error: {e}")
         return 2
