@@ -29,13 +29,14 @@ HOROVOD     ?= 1
 FLAVOUR     := $(if $(filter 1,$(GPU)),-gpu,)
 STAMP_BASE  := $(VENV)/.stamp-base$(FLAVOUR)
 STAMP_DEV   := $(VENV)/.stamp-dev
+STAMP_DOCS  := $(VENV)/.stamp-docs
 STAMP_HVD   := $(VENV)/.stamp-horovod$(if $(filter 1,$(HOROVOD_GPU)),-nccl,)
 # The oldest supported Keras (keras_sngm.SUPPORTED_KERAS), beside the pinned newest: the
 # optimizer tests also run with it first on PYTHONPATH.
 KERAS_OLDEST := 3.12.0
 STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
-.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu study planning notebooks api-docs dist screenshot clean help
+.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu study planning notebooks docs dist screenshot clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
@@ -45,7 +46,7 @@ help:
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
 	@echo "make notebooks - execute the notebooks at their small size and save them with their outputs"
-	@echo "make api-docs - regenerate docs/api.md from the docstrings (the suite checks it)"
+	@echo "make docs   - the documentation site (MkDocs, API reference from the docstrings) into site/, --strict"
 	@echo "make dist   - the sdist and the wheel in dist/ (python -m build)"
 	@echo "make screenshot - docs/images/custom_scalars.png: TensorBoard in headless Chromium (needs chromium)"
 
@@ -78,6 +79,11 @@ $(STAMP_DEV): $(STAMP_BASE) requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
+# The documentation site's tools (MkDocs, Material, mkdocstrings); the suite builds the site.
+$(STAMP_DOCS): $(BIN)/python requirements-docs.txt
+	$(BIN)/pip install -q -r requirements-docs.txt
+	touch $@
+
 $(STAMP_HVD): $(STAMP_BASE) tools/install_horovod.sh
 ifeq ($(HOROVOD),1)
 	HOROVOD_GPU=$(HOROVOD_GPU) PIP="$(BIN)/pip" PYTHON="$(BIN)/python" bash tools/install_horovod.sh
@@ -91,7 +97,7 @@ $(STAMP_OLD): $(STAMP_DEV)
 
 install: $(STAMP_BASE) $(STAMP_HVD)
 
-install-dev: install $(STAMP_DEV) $(STAMP_OLD)
+install-dev: install $(STAMP_DEV) $(STAMP_OLD) $(STAMP_DOCS)
 
 # Two pytest workers (pytest-xdist): most of a test's time is single-threaded (interpreter and
 # TensorFlow start-up in its subprocesses), so two cores run two tests. A file stays on one worker.
@@ -126,8 +132,8 @@ bench-gpu: gpu-preflight install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/gpu_bench.py $(if $(filter 1,$(SMOKE)),--smoke,) \
 	  $(if $(OUT),--out $(OUT),) --time-limit $(TIME_LIMIT) $(if $(GPUS),--gpus $(GPUS),)
 
-api-docs: install-dev
-	$(BIN)/python tools/api_docs.py
+docs: $(STAMP_DOCS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 dist: install-dev
 	$(BIN)/python -m build --outdir dist
@@ -149,4 +155,4 @@ notebooks: install-dev
 	DATA_DIR=../shared/data/cifar10-jpeg.tar $(BIN)/python tools/execute_notebooks.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site
