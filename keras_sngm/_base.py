@@ -132,8 +132,8 @@ def _jax_jit(opt, owned, indices):
 class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
     """Base class: momentum on a direction computed from all gradients at once.
 
-    Subclasses implement `_scales(grad_norms, variables, indices)`: one scalar c_s per
-    variable, the direction being d_s = c_s * g_s.
+    Subclasses implement `_scales(grad_norms, weight_norms, indices)`: the vector of c_s,
+    one per variable, the direction being d_s = c_s * g_s.
 
     Non-finite gradients: the step is skipped. Weights and momentum stay exactly as
     they were, `skipped_steps` (an optimizer variable, saved with the model) is
@@ -246,6 +246,10 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         momenta = [self.momentums[i] for i in indices]
         learning_rate = ops.cast(learning_rate, "float32")
         variables, grads = list(trainable_variables), list(grads)
+        if keras.backend.backend() == "torch":  # foreach kernels, no host round trip (keras_sngm/_torch.py)
+            from keras_sngm import _torch
+
+            return _torch.update(self, grads, variables, momenta, learning_rate, self._update_index(), indices)
         if keras.backend.backend() == "jax" and self.jit_compile and not _traced(grads):
             # Eager `apply()` on JAX: one jit-compiled step instead of a compile per op
             # (inside `model.fit` the whole train step is already traced and compiled).
@@ -311,9 +315,9 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         if self.weight_decay_mode == "l2":  # the L2 term enters before the normalization
             grads = [g + ops.cast(self.weight_decay, g.dtype) * w if self._decays[i] else g
                      for g, w, i in zip(grads, variables, indices)]
-        grad_norms = [ops.sqrt(squared_norm(g)) for g in grads]
-        finite = ops.all(ops.isfinite(ops.stack(grad_norms)))
-        scales = self._scales(grad_norms, variables, indices)
+        grad_norms = ops.stack([ops.sqrt(squared_norm(g)) for g in grads])                # ||g_s||
+        finite = ops.all(ops.isfinite(grad_norms))
+        scales = self._scales(grad_norms, lambda: ops.stack([ops.sqrt(squared_norm(w)) for w in variables]), indices)
         apply_fn(grads, variables, momenta, scales, finite, learning_rate, indices)
         self.assign_add(state["skipped_steps"], ops.cast(ops.logical_not(finite), "int32"))
         self._record(state, grads, grad_norms, scales, variables, momenta, learning_rate, finite, step, indices)
@@ -322,13 +326,12 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         """Diagnostics: what is already computed is stored every step (free); the
         momentum and update norms cost one more read of u, so every `diagnostics_every`
         steps only."""
-        self.assign(state["grad_norm"], ops.sqrt(sum(n * n for n in grad_norms)))
+        self.assign(state["grad_norm"], ops.sqrt(ops.sum(ops.square(grad_norms))))
         at = ops.convert_to_tensor([[i] for i in indices], dtype="int32")
         if "block_grad_norms" in state:
-            self.assign(state["block_grad_norms"], ops.scatter_update(state["block_grad_norms"], at, ops.stack(grad_norms)))
+            self.assign(state["block_grad_norms"], ops.scatter_update(state["block_grad_norms"], at, grad_norms))
         if "trust_ratios" in state:
-            self.assign(state["trust_ratios"], ops.scatter_update(state["trust_ratios"], at,
-                                                                  ops.stack([ops.cast(c, "float32") for c in scales])))
+            self.assign(state["trust_ratios"], ops.scatter_update(state["trust_ratios"], at, ops.cast(scales, "float32")))
         if not self.diagnostics_every:
             return
         lr = ops.where(finite, learning_rate, 0.0)
@@ -354,7 +357,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         u_t, or beta u_t + d_t with nesterov; when decoupled, + wd w_{t-1}, which with
         w_t = w_{t-1} - lr (s + wd w_{t-1}) makes the step (s + wd w_t) / (1 - lr wd)."""
         out = []
-        for g, w, u, c, i in zip(grads, variables, momenta, scales, indices):
+        for k, (g, w, u, i) in enumerate(zip(grads, variables, momenta, indices)):
+            c = scales[k]
             s = ops.convert_to_tensor(u)
             if self.nesterov:
                 s = self.momentum * s + ops.cast(ops.where(finite, g * ops.cast(c, g.dtype), ops.zeros_like(g)), s.dtype)
@@ -389,8 +393,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         """
         beta = ops.where(finite, self.momentum, 1.0)
         lr = ops.where(finite, learning_rate, 0.0)
-        for g, w, u, c, i in zip(grads, variables, momenta, scales, indices):
-            d = ops.where(finite, g * ops.cast(c, g.dtype), ops.zeros_like(g))   # d_s = c_s * g_s
+        for k, (g, w, u, i) in enumerate(zip(grads, variables, momenta, indices)):
+            d = ops.where(finite, g * ops.cast(scales[k], g.dtype), ops.zeros_like(g))  # d_s = c_s * g_s
             u_new = ops.cast(beta, u.dtype) * u + ops.cast(d, u.dtype)           # u <- beta * u + d
             step = ops.cast(beta, u.dtype) * u_new + ops.cast(d, u.dtype) if self.nesterov else u_new  # nesterov
             if self.weight_decay_mode == "decoupled" and self._decays[i]:
@@ -398,8 +402,9 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
             self.assign(u, u_new)
             self.assign_sub(w, ops.cast(lr, w.dtype) * step)                     # w <- w - lr * u
 
-    def _scales(self, grad_norms, variables, indices):
-        """Per-variable factors c_s with direction d_s = c_s * g_s (one scalar each)."""
+    def _scales(self, grad_norms, weight_norms, indices):
+        """The factors c_s of the directions d_s = c_s * g_s, as a vector: one per variable,
+        from the vector of ||g_s|| (after L2 decay); `weight_norms()` gives ||w_s||."""
         raise NotImplementedError
 
     def get_config(self):

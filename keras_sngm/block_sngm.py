@@ -58,5 +58,5 @@ class BlockSNGM(NormalizedMomentumOptimizer):
 
     per_variable_diagnostics = ("block_grad_norms",)
 
-    def _scales(self, grad_norms, variables, indices):
-        return [ops.where(n > 0, 1.0 / ops.maximum(n, 1e-30), 0.0) for n in grad_norms]  # eq. (13): g_s / ||g_s||
+    def _scales(self, grad_norms, weight_norms, indices):
+        return ops.where(grad_norms > 0, 1.0 / ops.maximum(grad_norms, 1e-30), 0.0)  # eq. (13): g_s / ||g_s||

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_sngm._base import BIAS_AND_NORM_PATTERNS, NormalizedMomentumOptimizer, _check_patterns, _matches, squared_norm
+from keras_sngm._base import BIAS_AND_NORM_PATTERNS, NormalizedMomentumOptimizer, _check_patterns, _matches
 
 PHIS = ("identity", "clip")
 
@@ -144,16 +144,14 @@ class LARS(NormalizedMomentumOptimizer):
             return ops.clip(z, self.phi_lower, self.phi_upper)  # min(max(z, lower), upper)
         return z
 
-    def _scales(self, grad_norms, variables, indices):
-        scales = []
-        for g_norm, w, i in zip(grad_norms, variables, indices):
-            ratio = ops.ones(())
-            if self._trusted[i]:
-                p = self._phi(ops.sqrt(squared_norm(w)))                        # phi(||w_s||)
-                trust = self.trust_coefficient * p / (g_norm + self.epsilon)   # / ||g_s||
-                ratio = ops.where(ops.logical_and(p > 0, g_norm > 0), trust, 1.0)
-            scales.append(ratio)
-        return scales
+    def _scales(self, grad_norms, weight_norms, indices):
+        trusted = [self._trusted[i] for i in indices]
+        if not any(trusted):
+            return ops.ones_like(grad_norms)
+        p = self._phi(weight_norms())                                   # phi(||w_s||)
+        trust = self.trust_coefficient * p / (grad_norms + self.epsilon)  # / ||g_s||
+        ok = ops.logical_and(ops.logical_and(p > 0, grad_norms > 0), ops.convert_to_tensor(trusted))
+        return ops.where(ok, trust, 1.0)                                 # r_s = 1 where excluded or zero
 
     def get_config(self):
         config = super().get_config()

@@ -59,5 +59,5 @@ class MSGD(NormalizedMomentumOptimizer):
 
     normalized = False  # its step length is lr * ||u||, which grows with ||g||
 
-    def _scales(self, grad_norms, variables, indices):
-        return [ops.ones(())] * len(grad_norms)   # d = g: no normalization
+    def _scales(self, grad_norms, weight_norms, indices):
+        return ops.ones_like(grad_norms)   # d = g: no normalization

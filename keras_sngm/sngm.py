@@ -75,7 +75,7 @@ class SNGM(NormalizedMomentumOptimizer):
           Normalized Gradient Descent with Momentum for Large-Batch Training".
     """
 
-    def _scales(self, grad_norms, variables, indices):
-        norm = ops.sqrt(sum(n * n for n in grad_norms))         # ||g_t|| over all variables
+    def _scales(self, grad_norms, weight_norms, indices):
+        norm = ops.sqrt(ops.sum(ops.square(grad_norms)))             # ||g_t|| over all variables
         c = ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), 0.0)  # eq. (7): d = g / ||g||; 0 if g = 0
-        return [c] * len(grad_norms)
+        return ops.broadcast_to(c, ops.shape(grad_norms))
