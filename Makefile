@@ -115,6 +115,7 @@ demo: install
 bench: install-dev
 	$(BIN)/python bench/optimizer_step.py
 	KERAS_BACKEND=jax $(BIN)/python bench/optimizer_step_jax.py
+	KERAS_BACKEND=torch $(BIN)/python bench/optimizer_step_torch.py
 	$(BIN)/python bench/precision.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/throughput.py
 	$(BIN)/python bench/diagnostics_overhead.py

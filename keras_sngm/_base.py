@@ -155,6 +155,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
     default_weight_decay_exclude = ()
     # Whether the direction is normalized (step length bounded by lr/(1-beta)).
     normalized = True
+    # Whether `_scales` gives one c for every variable (SNGM's global norm).
+    uniform_scale = False
     # Per-variable vectors kept by `_step` (subclasses: "block_grad_norms", "trust_ratios").
     per_variable_diagnostics = ()
 
@@ -205,6 +207,7 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         self.nesterov = nesterov
         self._step_fn = None
         self._jax_steps = {}
+        self._torch_buffers, self._torch_updates = {}, 0  # keras_sngm/_torch.py
 
     def build(self, variables):
         if self.built:

@@ -75,6 +75,8 @@ class SNGM(NormalizedMomentumOptimizer):
           Normalized Gradient Descent with Momentum for Large-Batch Training".
     """
 
+    uniform_scale = True  # one factor, 1/||g||, for every variable
+
     def _scales(self, grad_norms, weight_norms, indices):
         norm = ops.sqrt(ops.sum(ops.square(grad_norms)))             # ||g_t|| over all variables
         c = ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), 0.0)  # eq. (7): d = g / ||g||; 0 if g = 0

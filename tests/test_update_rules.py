@@ -10,6 +10,9 @@ from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
 SHAPES = {"dense/kernel": (5, 3), "dense/bias": (3,), "conv/kernel": (2, 3, 4), "norm/gamma": (7,)}
 STEPS = 25
+# `jit_compile` chooses XLA on TensorFlow and one compiled eager step on JAX; the PyTorch
+# update (keras_sngm/_torch.py) has one path either way, so it runs once there.
+JITS = [True] if keras.backend.backend() == "torch" else [True, False]
 
 
 def make_variables(seed=0):
@@ -48,7 +51,7 @@ NOT_NORM = [True, True, True, False]         # weight_decay_exclude=["gamma"]
 LARS_MASK = [True, False, True, False]       # default: biases and gamma excluded
 
 
-@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("jit", JITS)
 @pytest.mark.parametrize("mode", ["l2", "decoupled"])
 @pytest.mark.parametrize("beta", [0.0, 0.9])
 @pytest.mark.parametrize(
@@ -69,7 +72,7 @@ def test_sngm_family_matches_reference(cls, step_fn, beta, mode, jit):
     assert int(opt.iterations) == STEPS
 
 
-@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("jit", JITS)
 @pytest.mark.parametrize("mode", ["l2", "decoupled"])
 @pytest.mark.parametrize("phi", ["identity", "clip"])
 def test_lars_matches_reference(phi, mode, jit):
@@ -140,7 +143,7 @@ def _minimize_1d(opt, x0, steps):
 
 
 def test_paper_counterexample_lars_identity_goes_to_zero_sngm_to_minimum():
-    steps = 3000
+    steps = 1000
     # Small constant steps (overdamped with momentum 0.9): x_t shrinks geometrically to 0.
     for beta, lr in [(0.0, 0.01), (0.9, 0.001)]:
         lars = LARS(learning_rate=lr, momentum=beta, trust_coefficient=1.0, trust_ratio_exclude=[])
@@ -156,7 +159,7 @@ def test_paper_counterexample_lars_identity_goes_to_zero_sngm_to_minimum():
     assert abs(x_clip + 1.0) < 5e-2, x_clip
 
 
-@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("jit", JITS)
 def test_msgd_is_the_papers_momentum_sgd_with_l2(jit):
     """u <- m u + g + wd w; w <- w - lr u (PyTorch's SGD), with a decaying lr, where Keras'
     SGD (decoupled decay, lr folded into the velocity) would step differently."""
