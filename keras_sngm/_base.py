@@ -379,7 +379,9 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         whenever this is called); update_norm is that of the update
         `refreshed_at_update` (counted from 1; 0 = none yet), refreshed inside the step
         on updates 1, 1 + diagnostics_every, ... (updates, not micro-batches, under
-        `gradient_accumulation_steps`). Wrapped in Keras' `LossScaleOptimizer` (a
+        `gradient_accumulation_steps`; on PyTorch, counted from this object's first
+        update, so after loading a checkpoint from its first update there, which
+        `refreshed_at_update` records). Wrapped in Keras' `LossScaleOptimizer` (a
         mixed_float16 model) or the trainers' Horovod wrapper, use
         `keras_sngm.diagnostics(model.optimizer)`."""
         out = {k: ops.convert_to_numpy(v.value) for k, v in self._state.items()}
