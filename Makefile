@@ -103,8 +103,9 @@ install-dev: install $(STAMP_DEV) $(STAMP_OLD) $(STAMP_DOCS)
 # TensorFlow start-up in its subprocesses), so two cores run two tests. A file stays on one worker.
 PYTEST      := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# --durations=10: the slowest ten tests end the report, so the next regression in the suite's time shows.
 test: install-dev
-	$(PYTEST) tests
+	$(PYTEST) --durations=10 tests
 
 test-fast: install-dev
 	$(PYTEST) -m "not slow" tests

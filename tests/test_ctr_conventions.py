@@ -51,28 +51,28 @@ def test_summed_loss_step_is_b_times_the_mean_step(tmp_path):
              "--hidden", "16", "--shuffle-buffer", "0", "--optimizer", "msgd", "--weight-decay", "0", "--momentum", "0.9",
              "--schedule", "constant", "--epochs", "1", "--steps-per-epoch", "1", "--no-verbose", "--diagnostics-every",
              "0", "--deterministic"]
-    runs = {}
-    for where in ("one", "two"):
-        for reduction, lr in (("sum", "0.0001"), ("mean", str(0.0001 * 512))):
-            run = tmp_path / f"{where}-{reduction}"
-            args = flags + ["--loss-reduction", reduction, "--lr", lr, "--logdir", str(run)]
-            if where == "one":
-                proc = sngm_train(args)
-            else:
-                from test_horovod import horovodrun
+    runs, losses = {}, {}
+    # (two workers with the mean follow from the three: sum = mean in one process, one = two with sum)
+    for where, reduction, lr in (("one", "sum", "0.0001"), ("one", "mean", str(0.0001 * 512)), ("two", "sum", "0.0001")):
+        run = tmp_path / f"{where}-{reduction}"
+        args = flags + ["--loss-reduction", reduction, "--lr", lr, "--logdir", str(run)]
+        if where == "one":
+            proc = sngm_train(args)
+        else:
+            from test_horovod import horovodrun
 
-                proc = horovodrun([os.path.join(BIN, "sngm-train"), *args])
-            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-            runs[where, reduction] = {k: v for k, v in weights_of(run / "ckpt-00001") if not k.startswith("optimizer")}
-        losses = [json.load(open(tmp_path / f"{where}-{r}" / "history.json"))["history"]["loss"][0] for r in ("sum", "mean")]
-        np.testing.assert_allclose(losses[0], 512 * losses[1], rtol=1e-5)  # the logged loss is the batch's sum
-    for where in ("one", "two"):
-        s, m = runs[where, "sum"], runs[where, "mean"]
-        assert s.keys() == m.keys() and len(s) >= 6
-        for name in s:
-            np.testing.assert_allclose(s[name], m[name], rtol=1e-4, atol=1e-6, err_msg=f"{where}: {name}")
-    for name in runs["one", "sum"]:  # and one process equals two workers
-        np.testing.assert_allclose(runs["one", "sum"][name], runs["two", "sum"][name], rtol=1e-4, atol=1e-6)
+            proc = horovodrun([os.path.join(BIN, "sngm-train"), *args])
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        runs[where, reduction] = {k: v for k, v in weights_of(run / "ckpt-00001") if not k.startswith("optimizer")}
+        losses[where, reduction] = json.load(open(run / "history.json"))["history"]["loss"][0]
+    np.testing.assert_allclose(losses["one", "sum"], 512 * losses["one", "mean"], rtol=1e-5)  # the batch's sum
+    np.testing.assert_allclose(losses["two", "sum"], losses["one", "sum"], rtol=1e-5)  # summed over workers too
+    s, m = runs["one", "sum"], runs["one", "mean"]
+    assert s.keys() == m.keys() and len(s) >= 6
+    for name in s:
+        np.testing.assert_allclose(s[name], m[name], rtol=1e-4, atol=1e-6, err_msg=f"one: {name}")
+    for name in s:  # and one process equals two workers
+        np.testing.assert_allclose(s[name], runs["two", "sum"][name], rtol=1e-4, atol=1e-6, err_msg=f"two: {name}")
 
 
 def _bad(tmp_path, *flags):

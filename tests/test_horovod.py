@@ -196,8 +196,8 @@ def test_imagenet_trains_under_horovodrun(tmp_path):
     data = fx.write_folder(str(tmp_path / "data"), train=48)
     run = tmp_path / "run"
     proc = horovodrun([os.path.join(BIN, "sngm-train"), "resnet", "--dataset", "imagenet", "--data-dir", data,
-                       "--depth", "18", "--image-size", "32", "--batch-size", "8", "--micro-batch", "2", "--lr", "0.05",
-                       "--epochs", "2", "--eval-batch", "4", "--logdir", str(run), "--no-verbose"])
+                       "--arch", "twoconv", "--image-size", "32", "--batch-size", "8", "--micro-batch", "2", "--lr",
+                       "0.05", "--epochs", "2", "--eval-batch", "4", "--logdir", str(run), "--no-verbose"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cfg = json.load(open(run / "config.json"))
     assert cfg["workers"] == 2 and cfg["micro_batches_per_update"] == 2 and cfg["updates_per_epoch"] == 48 // 8

@@ -29,7 +29,7 @@ def _task_flags(task, tmp_path):
         import imagenet_fixtures as fx
 
         data = fx.write_folder(str(tmp_path / "imagenet"), train=40)
-        return ["resnet", "--dataset", "imagenet", "--data-dir", data, "--depth", "18", "--image-size", "16",
+        return ["resnet", "--dataset", "imagenet", "--data-dir", data, "--arch", "twoconv", "--image-size", "16",
                 "--batch-size", "8", "--micro-batch", "4", "--lr", "0.05", "--eval-batch", "12", "--no-verbose"]
     from keras_sngm_trainers.data import planted_ctr
 

@@ -150,7 +150,7 @@ class Config:
                      RESNET, choices=ARCHS)
     depth: int = knob(20, CIFAR_DEPTHS_HINT, RESNET)
     dataset: str = knob("cifar10", "cifar10 | cifar100 (held in memory) | imagenet (streamed from disk, decoded and "
-                        "augmented per image; always the ImageNet ResNets 18/34/50) | synthetic (benchmarks)",
+                        "augmented per image; the ImageNet ResNets 18/34/50, or --arch twoconv) | synthetic (benchmarks)",
                         RESNET, DATASETS)
     data_dir: str = knob("", "CIFAR: pickle/binary batches, an image folder (train/<class>/*, test/<class>/*) or a "
                          ".tar of one. ImageNet: TFRecord shards (train-00000-of-01024, ..., validation-00000-of-00128, "
@@ -383,8 +383,7 @@ def validate(cfg, task):
         need(cfg.image_size >= 8, "image_size", "must be >= 8")
         cifar = cfg.image_size <= 64
         if cfg.dataset == "imagenet":
-            need(cfg.arch == "resnet", "arch", "must be resnet with --dataset imagenet")
-            need(cfg.depth in (18, 34, 50), "depth", "must be 18, 34 or 50 with --dataset imagenet")
+            need(cfg.arch != "resnet" or cfg.depth in (18, 34, 50), "depth", "must be 18, 34 or 50 with --dataset imagenet")
             for name in ("validation_split", "train_subset", "test_subset"):
                 need(not getattr(cfg, name), name, "is not supported with --dataset imagenet (its validation split "
                      "is the evaluation set)")

@@ -87,6 +87,8 @@ class ImageNetTask(ResNetTask):
         return records // (global_batch // workers)
 
     def model(self):
+        if self.cfg.arch == "twoconv":  # cheap runs on ImageNet-format data (the tests, CPU studies)
+            return twoconv.build(self.num_classes, self.image_size)
         return resnet.imagenet_resnet(self.cfg.depth, self.num_classes, (self.image_size, self.image_size, 3))
 
     def train_dataset(self, first_epoch, rank, size, micro_batch, start=0):
