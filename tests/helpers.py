@@ -1,4 +1,5 @@
-"""Shared by the tests that drive the command line as a user does: a subprocess."""
+"""Shared by the tests: the command line as a user drives it (a subprocess), and named Keras
+variables for the optimizer tests."""
 
 import os
 import subprocess
@@ -22,4 +23,19 @@ def weights_of(ckpt):
     out = []
     with h5py.File(os.path.join(ckpt, "model.weights.h5")) as f:
         f.visititems(lambda name, obj: out.append((name, obj[()])) if hasattr(obj, "shape") else None)
+    return out
+
+
+def keras_variables(shapes, seed=0):
+    """Keras variables of normal values for {"layer/name": shape, ...}, each with that `path`."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for path, shape in shapes.items():
+        layer, name = path.split("/")
+        with keras.name_scope(layer):
+            out.append(keras.Variable(rng.normal(size=shape).astype("float32"), name=name))
+    assert [v.path for v in out] == list(shapes)
     return out

@@ -40,6 +40,7 @@ import keras
 from keras import ops
 
 import reference as ref
+from helpers import keras_variables
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
 BACKEND = keras.backend.backend()
@@ -67,13 +68,7 @@ def make(name, **kw):
 
 
 def variables(seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for path, shape in SHAPES.items():
-        layer, name = path.split("/")
-        with keras.name_scope(layer):
-            out.append(keras.Variable(rng.normal(size=shape).astype("float32"), name=name))
-    return out
+    return keras_variables(SHAPES, seed)
 
 
 def gradients(steps, seed=1, scales=(3.0, 0.05)):

@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 import reference as ref
+from helpers import keras_variables
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the PyTorch path runs under KERAS_BACKEND=torch")
@@ -23,13 +24,7 @@ MASK = [True, False, True]  # weight_decay_exclude=["bias"]
 
 
 def _variables():
-    rng = np.random.default_rng(0)
-    out = []
-    for path, shape in SHAPES.items():
-        layer, name = path.split("/")
-        with keras.name_scope(layer):
-            out.append(keras.Variable(rng.normal(size=shape).astype("float32"), name=name))
-    return out
+    return keras_variables(SHAPES)
 
 
 def _grads(steps):

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 import reference as ref
+from helpers import keras_variables
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
 SHAPES = {"dense/kernel": (5, 3), "dense/bias": (3,), "conv/kernel": (2, 3, 4), "norm/gamma": (7,)}
@@ -16,14 +17,7 @@ JITS = [True] if keras.backend.backend() == "torch" else [True, False]
 
 
 def make_variables(seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for path, shape in SHAPES.items():
-        layer, name = path.split("/")
-        with keras.name_scope(layer):
-            out.append(keras.Variable(rng.normal(size=shape).astype("float32"), name=name))
-    assert [v.path for v in out] == list(SHAPES)
-    return out
+    return keras_variables(SHAPES, seed)
 
 
 def random_grads(seed, steps=STEPS):
