@@ -47,7 +47,8 @@ BACKEND = keras.backend.backend()
 LR, BETA = 0.1, 0.9
 SHAPES = {"dense/kernel": (4, 3), "dense/bias": (3,)}
 
-# name: (constructor, NumPy step(w, u, g, lr, beta, wd, mode, mask), whether its direction is normalized)
+# name: (constructor, NumPy step(w, u, g, lr, beta, wd, mode, mask), how the direction is normalized:
+# "global" over all variables, "block" per variable, None not at all)
 OPTIMIZERS = {
     "SNGM": (lambda **kw: SNGM(**kw), ref.sngm_step, "global"),
     "BlockSNGM": (lambda **kw: BlockSNGM(**kw), ref.block_sngm_step, "block"),
