@@ -3,7 +3,7 @@
 Each backend runs in its own process (KERAS_BACKEND is read once, at import):
 - the NumPy-reference tests (tests/test_update_rules.py) and Keras' generic optimizer
   contract (tests/test_optimizer_contract.py) under JAX and PyTorch (and, under PyTorch,
-  tests/test_torch_update.py), and the first under the oldest supported Keras on all
+  tests/torch_update_check.py), and the first under the oldest supported Keras on all
   three backends, with `jit_compile=True` (the pinned newest runs them all under
   TensorFlow in the main suite);
 - the same `model.fit` (tests/backend_fit.py) under TensorFlow, JAX and PyTorch, and
@@ -62,7 +62,7 @@ def test_reference_equality_on_every_backend_and_the_oldest_supported_keras():
         # Keras' generic optimizer contract too, with the pinned Keras (TensorFlow runs it in the main suite)
         modules = ["tests/test_update_rules.py"] + ([] if old else ["tests/test_optimizer_contract.py"])
         if backend == "torch" and not old:  # the PyTorch path's own checks: no host round trip, the fused kernel
-            modules.append("tests/test_torch_update.py")
+            modules.append("tests/torch_update_check.py")
         if old:  # a cross-check of the oldest Keras: the compiled paths (the eager ones run with the pinned Keras)
             modules += ["-k", "not False"]
         return version, _run(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *modules], backend, **path)
@@ -76,7 +76,8 @@ def test_reference_equality_on_every_backend_and_the_oldest_supported_keras():
         assert proc.returncode == 0 and " passed" in proc.stdout, what + proc.stdout[-3000:] + proc.stderr[-2000:]
         if backend == "torch" or not old:  # PyTorch's golden test ran too (the contract skips what a backend lacks)
             skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
-            assert not [line for line in skipped if "test_update_rules.py" in line], what + "\n".join(skipped)
+            assert not [line for line in skipped if "test_update_rules.py" in line or "torch_update_check.py" in line], \
+                what + "\n".join(skipped)
     if not oldest:
         pytest.skip(f"the oldest supported Keras is not installed in {OLDEST} (`make install` puts it there); "
                     f"the pinned Keras passed on {', '.join(b for b, _ in runs)}")

@@ -10,7 +10,7 @@ from helpers import keras_variables
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM
 
 SHAPES = {"dense/kernel": (5, 3), "dense/bias": (3,), "conv/kernel": (2, 3, 4), "norm/gamma": (7,)}
-STEPS = 25
+STEPS = 12
 # `jit_compile` chooses XLA on TensorFlow and one compiled eager step on JAX; the PyTorch
 # update (keras_sngm/_torch.py) has one path either way, so it runs once there.
 JITS = [True] if keras.backend.backend() == "torch" else [True, False]
