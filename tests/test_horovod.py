@@ -348,8 +348,10 @@ def test_resume_with_two_workers_within_tolerance(tmp_path):
     assert_close_to_scale(b, a, rtol=3e-4)  # 12 updates of two summation orders: measured 0.6e-4 to 1.2e-4
     ha = json.load(open(tmp_path / "a" / "history.json"))["history"]
     hb = json.load(open(tmp_path / "b" / "history.json"))["history"]
-    for key in ("loss", "accuracy"):  # measured: 6e-7 (rank 0's partial sums on both ranks: 5e-3)
-        np.testing.assert_allclose(hb[key], ha[key], rtol=2e-5, err_msg=key)
+    # measured: 6e-7 to 4.6e-5, the epoch after the one-process epoch (its weights differ by the two summation
+    # orders, up to the 3e-4 allowed above); rank 0's partial sums on both ranks: 5e-3
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(hb[key], ha[key], rtol=5e-4, err_msg=key)
 
 
 @pytest.mark.parametrize("target", ["rank1", "horovodrun"])
