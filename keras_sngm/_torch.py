@@ -98,7 +98,9 @@ def _record(opt, grad_norms, scales, w, u, d, finite, lr, step, indices):
     it); `refreshed_at_update` records which update that was."""
     state = opt._state
     opt.assign(state["grad_norm"], torch.sqrt(torch.sum(grad_norms * grad_norms)))
-    at = torch.as_tensor(indices, device=grad_norms.device)
+    at = opt._torch_buffers.get(("at", indices))
+    if at is None:  # made once: a tensor from host memory each update would copy to the device each update
+        at = opt._torch_buffers["at", indices] = torch.as_tensor(indices, device=grad_norms.device)
     if "block_grad_norms" in state:
         opt.assign(state["block_grad_norms"], state["block_grad_norms"].value.index_put((at,), grad_norms))
     if "trust_ratios" in state:
