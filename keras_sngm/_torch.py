@@ -69,7 +69,7 @@ def update(opt, grads, variables, momenta, learning_rate, step, indices):
         for x, y in zip(u, d):
             x.copy_(torch.where(finite, y, x))
     opt.assign_add(opt._state["skipped_steps"], (~finite).to(torch.int32))
-    _record(opt, grad_norms, scales, w, u, d, finite, lr, step, indices)
+    _record(opt, grad_norms, scales, w, u, d, finite, lr, step, indices, decayed)
     opt._torch_updates += 1
 
 
@@ -91,7 +91,7 @@ def _groups(tensors):
     return list(out.values())
 
 
-def _record(opt, grad_norms, scales, w, u, d, finite, lr, step, indices):
+def _record(opt, grad_norms, scales, w, u, d, finite, lr, step, indices, decayed):
     """The diagnostics of `NormalizedMomentumOptimizer._record`. The momentum and update
     norms are refreshed on every `diagnostics_every`-th update this optimizer object takes
     (counted here, on the host: reading the update count from the device would wait for
@@ -111,7 +111,6 @@ def _record(opt, grad_norms, scales, w, u, d, finite, lr, step, indices):
     steps = u
     if opt.nesterov:  # beta u_t + d_t (a skipped step is 0 below, whatever d holds)
         steps = torch._foreach_add(torch._foreach_mul(u, opt.momentum), [torch.where(finite, x, 0.0) for x in d])
-    decayed = [k for k, i in enumerate(indices) if opt._decays[i]]
     if opt.weight_decay_mode == "decoupled" and decayed:  # (s + wd w_t) / (1 - lr wd)
         steps = list(steps)
         for k in decayed:
