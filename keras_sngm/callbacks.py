@@ -61,7 +61,7 @@ def optimizer_values(optimizer, learning_rate, batch_size=None):
     return scalars, hists
 
 
-def _accumulating(optimizer):
+def accumulating(optimizer):
     """The optimizer in the chain that accumulates gradients (Keras'
     `gradient_accumulation_steps`), or None."""
     while optimizer is not None:
@@ -73,6 +73,41 @@ def _accumulating(optimizer):
 
 def _variable(shape, dtype, name):
     return keras.Variable(ops.zeros(shape, dtype), trainable=False, name=name)
+
+
+class AccumulatorNoise:
+    """The gradient noise scale of an update from Keras' gradient accumulator, read between
+    its micro-batches: after micro-batch j < k the accumulator holds g_1 + ... + g_j, so
+    the k-1 micro-batch gradients (`batch_size` examples each) and their mean
+    ((k-1) * `batch_size`) give two batch sizes (k >= 3; the k-th gradient enters the
+    update inside the train step). The estimates are `NoiseScaleEstimator` moving averages.
+
+    Args:
+        batch_size: examples per train step (all replicas).
+        k: the optimizer's `gradient_accumulation_steps`, >= 3.
+        noise_ema: float in [0, 1), decay of the moving averages.
+    """
+
+    def __init__(self, batch_size, k, noise_ema=0.95):
+        if k < 3:
+            raise ValueError(f"the noise scale from the accumulator needs k >= 3 micro-batches per update. Received: k={k}")
+        self.k, self.sums = k, None
+        self.estimator = NoiseScaleEstimator(batch_size, k - 1, _variable, noise_ema)
+
+    def read(self, optimizer, j):
+        """After micro-batch j < k of an update of `optimizer` (itself or a wrapper of the
+        accumulating optimizer)."""
+        acc = accumulating(optimizer)
+        sums = [ops.copy(a.value) for a in acc._accumulated_gradients]
+        self.estimator.add_micro(sums if j == 1 else [s - p for s, p in zip(sums, self.sums)])   # |g_j|^2
+        self.sums = sums
+        if j == self.k - 1:  # k-1 micro-batch gradients against their mean S_(k-1)/(k-1)
+            n = self.k - 1
+            self.estimator.update(self.estimator.local_mean(n), [s / n for s in sums])
+            self.sums = None
+
+    def result(self):
+        return self.estimator.result()
 
 
 class SNGMDiagnostics(keras.callbacks.Callback):
@@ -162,7 +197,7 @@ class SNGMDiagnostics(keras.callbacks.Callback):
         summary.check_writable(self.log_dir)
         self.latest = {}  # the values last written, by name (as in summary.DIAGNOSTICS and STEP)
         self._writer, self._layout_written, self._said = None, False, set()
-        self._noise, self._sums, self._update_norm_at = None, None, 0
+        self._noise, self._update_norm_at = None, 0
 
     def _say(self, message):
         if message not in self._said:
@@ -184,7 +219,7 @@ class SNGMDiagnostics(keras.callbacks.Callback):
             self._say(f"{type(opt).__name__} is not a keras_sngm optimizer (SNGM, BlockSNGM, LARS, MSGD): no "
                       f"{', '.join(OPTIMIZER_STATE)}, block_grad_norms or trust_ratios; the learning rate and the "
                       "noise scale are written")
-        acc = _accumulating(opt)
+        acc = accumulating(opt)
         self._k = int(acc.gradient_accumulation_steps) if acc is not None else 1
         counter = acc._iterations if acc is not None else opt.iterations  # micro-batches (train steps) done
         self._micro, self._last_batch = int(ops.convert_to_numpy(counter)), -1
@@ -210,7 +245,7 @@ class SNGMDiagnostics(keras.callbacks.Callback):
             self._noise = NoiseScaleEstimator(self.batch_size * self._k // replicas, replicas, _variable,
                                               self.noise_ema)
         elif self._noise is None:
-            self._noise = NoiseScaleEstimator(self.batch_size, self._k - 1, _variable, self.noise_ema)
+            self._noise = AccumulatorNoise(self.batch_size, self._k, self.noise_ema)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._last_batch = -1
@@ -223,20 +258,9 @@ class SNGMDiagnostics(keras.callbacks.Callback):
         if t % self.update_freq:
             return
         if self._noise is not None and not self._replicas and j + 1 < self._k:
-            self._read_accumulator(j + 1)
+            self._noise.read(self.model.optimizer, j + 1)   # (`self.model` syncs JAX's state)
         elif j + 1 == self._k:
             self._write(t + 1)
-
-    def _read_accumulator(self, j):
-        """After micro-batch j < k: the accumulator holds S_j = g_1 + ... + g_j."""
-        acc = _accumulating(self.model.optimizer)   # (`self.model` syncs JAX's state)
-        sums = [ops.copy(a.value) for a in acc._accumulated_gradients]
-        self._noise.add_micro(sums if j == 1 else [s - p for s, p in zip(sums, self._sums)])   # |g_j|^2
-        self._sums = sums
-        if j == self._k - 1:  # k-1 micro-batch gradients against their mean S_(k-1)/(k-1)
-            n = self._k - 1
-            self._noise.update(self._noise.local_mean(n), [s / n for s in sums])
-            self._sums = None
 
     def _write(self, step):
         opt = self.model.optimizer

@@ -8,9 +8,9 @@ rate, the norms after it), whatever the number of accumulated micro-batches.
 import time
 
 import keras
-import tensorflow as tf
 
-from keras_sngm.callbacks import learning_rate_used, optimizer_values
+from keras_sngm.callbacks import AccumulatorNoise, accumulating, learning_rate_used, optimizer_values
+from keras_sngm.summary import EventWriter
 from keras_sngm_trainers import tb_tags
 
 
@@ -55,7 +55,7 @@ class ProgressLogger(keras.callbacks.Callback):
         self.progress, self.every, self.schedule = progress, every, schedule
         self.total, self.total_updates, self.show = total_examples, total_updates, show
         self.epoch_lines = epoch_lines  # the run's epochs: print each epoch's results (Keras' own line counts one fit)
-        self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
+        self.writer = EventWriter(f"{logdir}/train") if (write and logdir) else None
         self.t_first, self.estimated, self.epoch = None, False, None
 
     def on_train_begin(self, logs=None):
@@ -78,9 +78,8 @@ class ProgressLogger(keras.callbacks.Callback):
         self.examples_window += b
         self.step = step = self.step + 1
         if self.writer is not None:
-            with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
-                tf.summary.scalar("step/batch_size", b, description=tb_tags.step("batch_size"))
-                tf.summary.scalar("step/examples", self.examples, description=tb_tags.step("examples"))
+            self.writer.scalar("step/batch_size", b, step, tb_tags.step("batch_size"))
+            self.writer.scalar("step/examples", self.examples, step, tb_tags.step("examples"))
         first = self.t_first is None
         if first:  # the first update includes tracing and compilation
             self.t_first, self.examples_first = now, self.examples
@@ -98,11 +97,10 @@ class ProgressLogger(keras.callbacks.Callback):
         rate = self.examples_window / (now - self.t_window)
         lr = lr_used(self.schedule, self.model.optimizer)
         if self.writer is not None:
-            with self.writer.as_default(step=step), tf.summary.record_if(True):
-                tf.summary.scalar("step/learning_rate", lr, description=tb_tags.step("learning_rate"))
-                tf.summary.scalar("step/examples_per_sec", rate, description=tb_tags.step("examples_per_sec"))
-                for k, v in (logs or {}).items():
-                    tf.summary.scalar(f"step/{k}", float(v), description=tb_tags.step(k))
+            self.writer.scalar("step/learning_rate", lr, step, tb_tags.step("learning_rate"))
+            self.writer.scalar("step/examples_per_sec", rate, step, tb_tags.step("examples_per_sec"))
+            for k, v in (logs or {}).items():
+                self.writer.scalar(f"step/{k}", float(v), step, tb_tags.step(k))
             self.writer.flush()
         if self.show:
             shown = " ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
@@ -130,7 +128,8 @@ class DiagnosticsLogger(keras.callbacks.Callback):
       gradient norms (BlockSNGM, LARS) and trust ratios (LARS);
     - effective learning rate (Smith et al. 2020): for momentum SGD lr/(1-beta) and the
       temperature lr/(B(1-beta)); for SNGM-type optimizers the step length lr*||u||;
-    - gradient noise scale (from `DistributedOptimizer`): |G|^2, tr(Sigma), B_simple
+    - gradient noise scale (from Horovod's `DistributedOptimizer`, or on the JAX engine
+      from Keras' gradient accumulator, k >= 3): |G|^2, tr(Sigma), B_simple
       (the critical batch estimate) next to the batch in use, and Yin et al.'s
       diversity bound.
     The latest values also go into the epoch logs (`noise_scale`, `grad_norm`, ...).
@@ -139,10 +138,16 @@ class DiagnosticsLogger(keras.callbacks.Callback):
     def __init__(self, logdir, global_batch, every=50, write=True, schedule=None):
         super().__init__()
         self.global_batch, self.every, self.schedule = global_batch, every, schedule
-        self.writer = tf.summary.create_file_writer(f"{logdir}/train") if (write and logdir) else None
-        self._last = -1
+        self.writer = EventWriter(f"{logdir}/train") if (write and logdir) else None
+        self._last, self._noise = -1, None
 
     def on_train_begin(self, logs=None):
+        opt = self.model.optimizer
+        acc = accumulating(opt)
+        if (self._noise is None and not hasattr(opt, "noise_scale") and acc is not None
+                and acc.gradient_accumulation_steps >= 3 and self.model.steps_per_execution == 1):
+            # (the JAX engine: Keras' accumulator holds the micro-batch gradients; the devices' are summed in the step)
+            self._noise = AccumulatorNoise(self.global_batch.per_micro, acc.gradient_accumulation_steps)
         inner = self._inner()
         if getattr(inner, "diagnostics_every", self.every) != self.every:
             raise ValueError(f"DiagnosticsLogger(every={self.every}) logs the norms the optimizer refreshes every "
@@ -160,26 +165,33 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         if getattr(opt, "dynamic_loss_scale", False):  # float16: the scale and the overflowed updates skipped
             scalars["loss_scale"] = float(opt.loss_scale.numpy())
             scalars["overflow_skips"] = float(opt.skipped_steps.numpy())
+        elif isinstance(opt, keras.optimizers.LossScaleOptimizer):  # (the JAX engine's float16)
+            scalars["loss_scale"] = float(keras.ops.convert_to_numpy(opt.dynamic_scale))
         noise = opt.noise_scale() if hasattr(opt, "noise_scale") else None
+        if self._noise is not None:
+            noise = self._noise.result()
+            noise = noise if noise["estimates"] else None
         if noise:
             scalars.update({"noise_g2": noise["g2"], "noise_trace_sigma": noise["trace"], "noise_scale": noise["b_simple"],
                             "gradient_diversity_bound": noise["diversity_bound"]})
         return scalars, hists
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.writer is None:
-            return
         step = int(self.model.optimizer.iterations)
+        j = batch % self._noise.k + 1 if self._noise else 0  # (a fit starts at an update's first micro-batch)
+        if self._noise and j < self._noise.k and step % self.every == 0:  # inside an update that will be logged
+            self._noise.read(self.model.optimizer, j)
         if step < 1 or step == self._last or (step - 1) % self.every:
             return  # log right after the update whose diagnostics were refreshed
         self._last = step
-        scalars, hists = self.values()
-        with self.writer.as_default(step=step), tf.summary.record_if(True):  # whatever another callback set
-            for k, v in scalars.items():
-                if k != "learning_rate":  # logged once, as step/learning_rate
-                    tf.summary.scalar(f"diagnostics/{k}", v, description=tb_tags.DIAGNOSTICS[k])
-            for k, v in hists.items():
-                tf.summary.histogram(f"diagnostics/{k}", v, description=tb_tags.DIAGNOSTICS[k])
+        scalars, hists = self.values()  # (on every rank: on the JAX engine reading the state is SPMD work)
+        if self.writer is None:
+            return
+        for k, v in scalars.items():
+            if k != "learning_rate":  # logged once, as step/learning_rate
+                self.writer.scalar(f"diagnostics/{k}", v, step, tb_tags.DIAGNOSTICS[k])
+        for k, v in hists.items():
+            self.writer.histogram(f"diagnostics/{k}", v, step, tb_tags.DIAGNOSTICS[k])
         self.writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -202,8 +214,8 @@ class EpochLogger(keras.callbacks.Callback):
     def __init__(self, logdir, evaluation="validation"):
         super().__init__()
         self.evaluation = evaluation
-        self.writers = {False: tf.summary.create_file_writer(f"{logdir}/train"),
-                        True: tf.summary.create_file_writer(f"{logdir}/{evaluation}")}
+        self.writers = {False: EventWriter(f"{logdir}/train"),
+                        True: EventWriter(f"{logdir}/{evaluation}")}
 
     def on_epoch_end(self, epoch, logs=None):
         for k, v in (logs or {}).items():
@@ -211,8 +223,7 @@ class EpochLogger(keras.callbacks.Callback):
             name = k[4:] if validation else k
             if name in tb_tags.PER_UPDATE:
                 continue
-            with self.writers[validation].as_default(step=epoch), tf.summary.record_if(True):
-                tf.summary.scalar(f"epoch_{name}", float(v),
-                                  description=tb_tags.epoch(name, self.evaluation if validation else None))
+            self.writers[validation].scalar(f"epoch_{name}", float(v), epoch,
+                                            tb_tags.epoch(name, self.evaluation if validation else None))
         for w in self.writers.values():
             w.flush()

@@ -27,7 +27,7 @@ import zipfile
 import keras
 import numpy as np
 
-from keras_sngm_trainers import distributed
+from keras_sngm_trainers import engines
 
 _NAME = re.compile(r"^ckpt-(\d{5})(?:-(\d{7}))?$")
 FILES = ("state.json", "model.weights.h5", "optimizer.npz")
@@ -245,8 +245,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         if batch + 1 == seg.steps and seg.closes:
             return  # an epoch's end: on_epoch_end
         late = bool(self.every_seconds) and time.monotonic() - self.last_save >= self.every_seconds
-        if self.every_seconds and distributed.size() > 1:  # HVD: any rank's clock decides for all
-            late = distributed.allreduce_max([float(late)], name="checkpoint_clock")[0] > 0
+        if self.every_seconds and engines.current().size() > 1:  # engine: any rank's clock decides for all
+            late = engines.current().allreduce_max([float(late)], name="checkpoint_clock")[0] > 0
         due = (self.every_steps and step % self.every_steps == 0) or late
         ends_fit = batch + 1 == seg.steps and self.epoch + 1 == seg.epochs
         if self._stopping() or (due and not (ends_fit and seg.last)):
@@ -269,7 +269,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def _save(self, epoch, step, micro):
         metrics = [v.numpy().tolist() for v in metric_variables(self.model)]
-        by_rank = distributed.allgather_object(metrics)  # HVD: every rank's own running sums
+        by_rank = engines.current().allgather_object(metrics)  # engine: every rank's own running sums
         self._written(lambda: save(
             self.run_dir, self.model, self.model.optimizer, epoch, self.keep,
             {**self.extra, **self.state(self.in_fit), "history": {k: v[:epoch] for k, v in self.history.items()},
@@ -277,7 +277,8 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def _written(self, write):
         if self.write:
-            path = write()
+            with engines.current().chief_io():
+                path = write()
             if self._stopping():
                 self.stop.saved = path
         self.last_save = time.monotonic()

@@ -3,6 +3,7 @@
     sngm-train resnet --depth 20 --dataset cifar10 --optimizer sngm --batch-size 4096 \
         --micro-batch 128 --lr 1.6 --schedule poly --power 1.1 --epochs 160 --logdir runs/x
     horovodrun -np 4 sngm-train deepfm --data train.tsv --test-data test.tsv --optimizer sngm ...
+    sngm-train launch -np 2 sngm-train resnet --engine jax ...   (the JAX engine; see `sngm-train launch -h`)
     sngm-train gen-criteo --out data/planted --train-rows 200000 --test-rows 50000
     sngm-train study --preset cpu-cifar --out runs/study-cpu-cifar   (see `sngm-train study -h`)
     sngm-train plan --run runs/ref --target val_accuracy=0.58 --workers 1,8,64 ...   (see `sngm-train plan -h`)
@@ -26,8 +27,8 @@ from keras_sngm_trainers.errors import error, print_error
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-NO_TENSORFLOW = ("the trainers need TensorFlow, which is not installed (the keras_sngm optimizers run on any Keras "
-                 "backend; sngm-train does not): pip install tensorflow-cpu==2.21.0 (GPU hosts: "
+NO_TENSORFLOW = ("the Horovod engine needs TensorFlow, which is not installed (the keras_sngm optimizers run on any "
+                 "Keras backend, and `--engine jax` trains on JAX): pip install tensorflow-cpu==2.21.0 (GPU hosts: "
                  "'tensorflow[and-cuda]==2.21.0'), or `make install` in this repository")
 
 
@@ -45,6 +46,8 @@ def build_parser(given_only=False):
     for task in ("resnet", "deepfm"):
         config.add_flags(sub.add_parser(task, help=f"train {task} (flags: sngm-train {task} -h)"), task, given_only)
     sub.add_parser("study", help="a grid of runs: optimizers x batch sizes x seeds (sngm-train study -h)", add_help=False)
+    sub.add_parser("launch", help="N processes of the JAX engine on this host, as horovodrun -np N "
+                   "(sngm-train launch -h)", add_help=False)
     sub.add_parser("plan", help="predict time to accuracy for N workers and batch B from measured runs "
                                 "(sngm-train plan -h)", add_help=False)
     prep = sub.add_parser("prep-criteo", help="parse Criteo text once into binary records that epochs read "
@@ -76,6 +79,10 @@ def main(argv=None):
         from keras_sngm_trainers import study
 
         return study.main(argv[1:])
+    if argv[:1] == ["launch"]:
+        from keras_sngm_trainers import launch
+
+        return launch.main(argv[1:])
     if argv[:1] == ["plan"]:
         from keras_sngm_trainers.planning import cli as plan
 
@@ -109,13 +116,18 @@ def main(argv=None):
         return error(str(e))
     from keras_sngm_trainers import quiet
 
+    if cfg.engine == "jax":
+        os.environ.setdefault("KERAS_BACKEND", "jax")  # before Keras is imported
+    tf = None
     try:
         with quiet.banners_filtered():  # TensorFlow's import notices, not its warnings
             import tensorflow as tf
     except ModuleNotFoundError as e:
         if e.name != "tensorflow":
             raise
-        return error(NO_TENSORFLOW)
+        if cfg.engine != "jax":
+            return error(NO_TENSORFLOW)
+    malformed = tf.errors.InvalidArgumentError if tf is not None else ()  # (tf.data's verdict on a bad record)
 
     from keras_sngm_trainers import checkpoint, engine, tasks
     from keras_sngm_trainers.data.images import DataNotFoundError
@@ -136,7 +148,7 @@ def main(argv=None):
         return 3
     except (ValueError, FileNotFoundError, DataNotFoundError) as e:
         return error(str(e))
-    except tf.errors.InvalidArgumentError as e:
+    except malformed as e:
         return _malformed_row(e)
     return 0
 

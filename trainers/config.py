@@ -19,6 +19,12 @@ SCHEDULES = ("poly", "cosine", "step", "constant")
 COMPRESSIONS = ("none", "fp16")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DATASETS = ("cifar10", "cifar100", "imagenet", "synthetic")
+ENGINES = ("auto", "horovod", "jax")
+# What the JAX engine cannot do, with the reason its error gives.
+JAX_REFUSES = {
+    "elastic": "Keras' distribution API has no elastic mode (workers that leave and join): use --engine horovod",
+    "xla": "the JAX engine always compiles the whole train step, the update included, with XLA",
+}
 CIFAR_DEPTHS_HINT = "6n+2 (20, 32, 44, 56, 110) for 32x32 input, 18/34/50 for ImageNet-size input"
 
 
@@ -100,6 +106,11 @@ class Config:
     scale_lr: bool = knob(False, "multiply --lr by the number of workers (off: --lr is already for the global batch)")
     steps_per_epoch: int = knob(0, "updates per epoch; 0 = training examples // batch size")
     # --- distribution ---
+    engine: str = knob("auto", "how the processes share the run. horovod: TensorFlow and Horovod, one process per "
+                       "device, started by horovodrun (the only engine with --elastic, --compression and --xla); jax: "
+                       "Keras' distribution API on the JAX backend, one process per host feeding all its devices, "
+                       "started by `sngm-train launch -np N`, srun, or one command per host (no TensorFlow needed for "
+                       "synthetic data); auto: jax when KERAS_BACKEND=jax, else horovod", choices=ENGINES)
     compression: str = knob("none", "fp16 halves the allreduce bytes at some precision cost", choices=COMPRESSIONS)
     precision: str = knob("float32", "keras.mixed_precision policy: mixed_float16 computes in float16 with a dynamic "
                           "loss scale (the verdict on overflow is taken on the averaged gradient, so all workers skip "
@@ -118,6 +129,9 @@ class Config:
     threads: int = knob(0, "intra-op threads per worker process; 0 = the host's cores / the workers on it. Set it to "
                         "time one worker as it runs beside others on a shared host (a planner's reference run)")
     seed: int = knob(0, "model init, data order and augmentation all derive from it")
+    init_weights: str = knob("", "start from these weights instead of the seed's initialization: a .weights.h5 file "
+                             "(Keras' save_weights, such as a checkpoint's model.weights.h5, from either engine), so "
+                             "that two engines or two setups start from the same point")
     deterministic: bool = knob(False, "TensorFlow op determinism (slower): bit-exact resume checks")
     # --- run directory ---
     logdir: str = knob("runs/default", "where checkpoints, TensorBoard events, config.json and history.json go")
@@ -233,13 +247,15 @@ def lr_gain(lr_scaling, optimizer):
     return lr_scaling
 
 
-def check_batch(global_batch, workers, micro_batch):
-    """Returns micro-batches per update; the global batch must split evenly."""
+def check_batch(global_batch, workers, micro_batch, workers_said=None):
+    """Returns micro-batches per update; the global batch must split evenly. `workers_said`:
+    the workers as the message should count them (`workers_text`)."""
     if global_batch <= 0 or micro_batch <= 0:
         raise ValueError(f"--batch-size and --micro-batch must be positive. Received: {global_batch}, {micro_batch}")
     if global_batch % (workers * micro_batch):
+        said = workers_said or f"{workers}"
         raise ValueError(
-            f"--batch-size {global_batch} is not divisible by workers x micro-batch = {workers} x {micro_batch} "
+            f"--batch-size {global_batch} is not divisible by workers x micro-batch = {said} x {micro_batch} "
             f"= {workers * micro_batch}: choose a global batch that is a multiple of {workers * micro_batch}.")
     return global_batch // (workers * micro_batch)
 
@@ -270,10 +286,24 @@ def stop_signals(text):
     return out
 
 
+def workers_text(processes, devices):
+    """The data-parallel workers, as messages count them: `4` (one device per process), or
+    `(2 processes x 4 devices)`."""
+    return f"{processes}" if devices == 1 else f"({processes} processes x {devices} devices)"
+
+
+def engine_of(name):
+    """`--engine auto` resolved: jax when KERAS_BACKEND=jax, else horovod."""
+    if name != "auto":
+        return name
+    return "jax" if os.environ.get("KERAS_BACKEND") == "jax" else "horovod"
+
+
 def workers_from_env():
-    """The number of processes horovodrun started (its environment), 1 outside it: known
-    before Horovod or TensorFlow is imported, for the checks that need it."""
-    for name in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+    """The number of processes horovodrun (or `sngm-train launch`) started, from their
+    environment, 1 outside them: known before Horovod, JAX or TensorFlow is imported, for
+    the checks that need it."""
+    for name in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "KERAS_DISTRIBUTION_NUM_PROCESSES"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 1
@@ -287,7 +317,7 @@ def reason(f, task):
 
 def rank_from_env():
     """This process's rank under horovodrun (its environment), 0 outside it."""
-    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "KERAS_DISTRIBUTION_PROCESS_ID"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 0
@@ -340,6 +370,7 @@ def add_flags(parser, task, given_only=False):
 
 def from_args(args, task):
     values = {f.name: getattr(args, f.name) for f in fields_of(task)}
+    values["engine"] = engine_of(values["engine"])
     return dataclasses.replace(defaults(task), **values)
 
 
@@ -352,6 +383,7 @@ def validate(cfg, task):
     def finite(x):
         return isinstance(x, (int, float)) and math.isfinite(x)
 
+    _check_engine(cfg, need)
     _check_adaptive(cfg, need, finite)
     for name in ("micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
                  "steps_per_execution"):
@@ -377,6 +409,9 @@ def validate(cfg, task):
              "every --commit-every updates instead")
     need(not (cfg.elastic and cfg.steps_per_execution > 1), "steps_per_execution",
          "must be 1 with --elastic (its worker count, and so the micro-batches per update, can change)")
+    need(not cfg.init_weights or os.path.isfile(cfg.init_weights), "init_weights", "is not a file")
+    need(not cfg.init_weights or cfg.init_weights.endswith(".weights.h5"), "init_weights",
+         "must be a .weights.h5 file (Keras' save_weights)")
     stop_signals(cfg.stop_signals)
     _check_logdir(cfg.logdir)
     if task == "resnet":
@@ -418,6 +453,31 @@ def validate(cfg, task):
                  "scale, the batch, would change at every decision")
             need(not cfg.scale_lr, "loss_reduction", "sum cannot be combined with --scale-lr: the summed gradient "
                  "already grows with the batch, and the lr would grow with the workers on top")
+
+
+def _check_engine(cfg, need):
+    """The engine's backend and what it cannot do, before anything is imported."""
+    import importlib.util
+
+    backend = os.environ.get("KERAS_BACKEND", "")
+    engine = engine_of(cfg.engine)
+    if engine == "horovod":
+        need(backend in ("", "tensorflow"), "engine", f"horovod runs on TensorFlow, and KERAS_BACKEND is {backend!r}: "
+             "unset it, or choose --engine jax")
+        return
+    if importlib.util.find_spec("jax") is None:
+        raise ValueError("--engine jax needs JAX, which is not installed: pip install \"keras-sngm[jax]\" (on a GPU "
+                         "host, JAX with CUDA: pip install \"jax[cuda13]\")")
+    need(backend in ("", "jax"), "engine", f"jax runs on Keras' JAX backend, and KERAS_BACKEND is {backend!r}: unset "
+         "it or set it to jax")
+    for name, why in JAX_REFUSES.items():
+        need(not getattr(cfg, name), name, f"is not available on --engine jax: {why}")
+    need(cfg.compression == "none", "compression", "is not available on --engine jax: the devices' gradients are "
+         "averaged inside the compiled step, in the model's precision")
+    need(not adaptive(cfg), "batch_size", "auto is not available on --engine jax yet: use --engine horovod")
+    need(not (cfg.on_nonfinite == "skip" and cfg.optimizer in ("adam", "lamb")), "on_nonfinite",
+         f"skip is not available on --engine jax for {cfg.optimizer}: Keras' own optimizers apply a non-finite "
+         "step there (use --engine horovod, or msgd, sngm, block_sngm or lars, which skip such steps themselves)")
 
 
 def _check_adaptive(cfg, need, finite):

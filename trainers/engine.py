@@ -1,5 +1,6 @@
-"""The training driver shared by every trainer: plain `model.fit`, with the Horovod
-layer (`keras_sngm_trainers.distributed`) around the optimizer and in the callbacks."""
+"""The training driver shared by every trainer: plain `model.fit`, with the engine in use
+(`keras_sngm_trainers.engines`: Horovod or JAX) asked for the processes, the gradient mean
+and the agreements between processes."""
 
 import dataclasses
 import json
@@ -9,8 +10,8 @@ import warnings
 
 import keras
 
-from keras_sngm_trainers import (batch_adapter, checkpoint, config, distributed, lr_scaling, preemption, recipes, resume,
-                      segments, tb_layout, timing, xla_step)
+from keras_sngm_trainers import (batch_adapter, checkpoint, config, engines, preemption, recipes, resume, segments,
+                                 tb_layout, timing)
 from keras_sngm_trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
 from keras_sngm_trainers.config import check_batch
 from keras_sngm_trainers.guard import Diverged, DivergenceGuard
@@ -48,26 +49,25 @@ def train(cfg, task_cls):
 
 
 def _train(cfg, task_cls, stop):
-    threads = distributed.init(cfg.threads)
-    rank = distributed.rank()
+    eng = engines.select(cfg.engine)
+    threads = eng.init(cfg)
+    rank = eng.rank()
     if cfg.resume and finished(cfg.logdir, cfg.epochs):
         if rank == 0 and cfg.verbose:
             print(f"{cfg.logdir} already finished all {cfg.epochs} epochs: nothing to do (its results are kept)", flush=True)
         with open(os.path.join(cfg.logdir, "history.json")) as f:
             return json.load(f)["history"], None, None
-    if cfg.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    size = distributed.size()
+    size, local = eng.size(), eng.local_replicas()  # processes, and the devices each one feeds
+    workers = size * local  # the data-parallel replicas
     auto = config.adaptive(cfg)
     if auto:  # the real worker count (validate read horovodrun's environment)
-        batch_adapter.check(cfg.batch_min, cfg.batch_max, size, cfg.micro_batch)
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch)
     batch = cfg.batch_min if auto else cfg.batch_size  # the batch of the first update
-    k = check_batch(batch, size, cfg.micro_batch)
+    k = check_batch(batch, workers, cfg.micro_batch, config.workers_text(size, local))
     task = task_cls(cfg)
-    if hasattr(task, "updates_per_epoch"):  # streamed data: what every worker's shard can fill
-        updates_per_epoch = task.updates_per_epoch(batch, cfg.micro_batch, size)
+    feed = local * cfg.micro_batch  # what this process reads per micro-batch (its devices' micro-batches)
+    if hasattr(task, "updates_per_epoch"):  # streamed data: what every process's shard can fill
+        updates_per_epoch = task.updates_per_epoch(batch, feed, size)
     else:
         updates_per_epoch = task.num_train // batch
     if cfg.steps_per_epoch > updates_per_epoch >= 1:  # an epoch is a pass over the data: resume and elastic rely on it
@@ -78,45 +78,48 @@ def _train(cfg, task_cls, stop):
         raise ValueError(f"--{'batch-min' if auto else 'batch-size'} {batch} is larger than the {task.num_train} "
                          f"training examples.")
     task.micro_steps_per_epoch = updates_per_epoch * k  # an epoch, in micro-batches per worker
-    lr = cfg.lr * (size if cfg.scale_lr else 1)  # linear scaling with the number of workers
+    lr = cfg.lr * (workers if cfg.scale_lr else 1)  # linear scaling with the number of workers
     schedule = recipes.schedule(cfg.schedule, lr, updates_per_epoch * cfg.epochs, cfg.power,
                                 int(cfg.warmup_epochs * updates_per_epoch),
                                 step_boundaries=[e / cfg.epochs for e in cfg.step_epochs] or (0.5, 0.75),
                                 updates_per_epoch=updates_per_epoch if cfg.lr_per_epoch else 0,
                                 warmup_start=cfg.warmup_start)
     if auto:  # the same schedule, followed in examples (updates of --batch-min), times the lr gain
+        from keras_sngm_trainers import lr_scaling  # (TensorFlow)
+
         schedule = lr_scaling.ExamplesSchedule(schedule, batch, config.lr_gain(cfg.lr_scaling, cfg.optimizer),
                                                cfg.optimizer)
     inner = recipes.optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.trust_coefficient,
                               diagnostics_every=cfg.diagnostics_every)
     if k % cfg.steps_per_execution:
         raise ValueError(f"--steps-per-execution {cfg.steps_per_execution} must divide the {k} micro-batches of each "
-                         f"update (--batch-size {cfg.batch_size} / ({size} workers x --micro-batch {cfg.micro_batch})): "
-                         f"the logs and the divergence guard act at every update's end")
-    opt = distributed.DistributedOptimizer(inner, accumulation_steps=k, compression=cfg.compression,  # HVD averaging
-                                           micro_batch_size=cfg.micro_batch,
-                                           skip_nonfinite=cfg.on_nonfinite == "skip" and cfg.optimizer in recipes.APPLY_NONFINITE,
-                                           dynamic_loss_scale=cfg.precision == "mixed_float16", adaptive=auto)
+                         f"update (--batch-size {cfg.batch_size} / ({config.workers_text(size, local)} x --micro-batch "
+                         f"{cfg.micro_batch})): the logs and the divergence guard act at every update's end")
+    opt = eng.optimizer(inner, cfg, k, auto)  # the mean gradient of the global batch, once per update
     adapter = None
     if auto:
         schedule.bind(opt)
-        adapter = batch_adapter.BatchAdapter(cfg.batch_min, cfg.batch_max, size * cfg.micro_batch, cfg.adapt_every,
+        adapter = batch_adapter.BatchAdapter(cfg.batch_min, cfg.batch_max, workers * cfg.micro_batch, cfg.adapt_every,
                                              cfg.adapt_factor, task.micro_steps_per_epoch)
 
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)  # the weights stay float32 under either mixed policy
     model = task.model()
-    _compile(model, opt, task, cfg)
+    if cfg.init_weights:  # (every process: the same start everywhere)
+        model.load_weights(cfg.init_weights)
+    eng.compile(model, opt, task, cfg)
+    opt = model.optimizer  # (Keras' LossScaleOptimizer around it, where the engine lets Keras add one)
     opt.build(model.trainable_variables)
 
     run_dir = cfg.logdir
     first_epoch, start, rounds, past, epoch_metrics, adapted = 0, 0, 0, {}, None, None
     if cfg.resume:
         first_epoch, start, rounds, past, epoch_metrics, adapted = resume.restore(cfg, model, opt, rank, size,
-                                                                                  updates_per_epoch)
+                                                                                  updates_per_epoch, workers)
     if adapted:
         adapter.load(adapted)
-    resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": size, "micro_batches_per_update": k,
+    resolved = {**dataclasses.asdict(cfg), "task": task.name, "workers": workers, "processes": size,
+                "micro_batches_per_update": k,
                 "updates_per_epoch": updates_per_epoch, "effective_lr": lr, "parameters": model.count_params(),
                 "first_epoch": first_epoch, "first_update_in_epoch": start, "threads_per_worker": threads,
                 **_allreduce_bytes(model, cfg.compression), **task.describe()}
@@ -140,7 +143,7 @@ def _train(cfg, task_cls, stop):
     if cfg.elastic:  # HVD: workers may leave and join; see trainers/elastic.py
         return _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, resolved, past, schedule)
 
-    progress = segments.Progress(cfg.micro_batch, size)
+    progress = segments.Progress(cfg.micro_batch, workers)
     timed = {k: resolved[k] for k in ("task", "optimizer", "workers", "micro_batch", "threads_per_worker", "precision",
                                       "xla", "compression", "allreduce_bytes")}
     every_segment = [timing.UpdateTimer(run_dir, progress, write=rank == 0, facts=timed),  # first: the planner's times
@@ -162,21 +165,22 @@ def _train(cfg, task_cls, stop):
         return {"batch_adapter": adapter.state([updates_before[0], updates_in_segment, progress.batch,
                                                 progress.examples_before])}
 
-    every_segment.append(stop.agreement(progress))  # HVD: all ranks stop at the same update
-    every_segment.append(checkpoint.CheckpointCallback(  # HVD: on every rank (metric sums); rank 0 writes
+    every_segment.append(stop.agreement(progress))  # all ranks stop at the same update
+    every_segment.append(checkpoint.CheckpointCallback(  # on every rank (metric sums); rank 0 writes
         run_dir, progress, cfg.ckpt_every, cfg.keep, {"config": resolved}, past, every_steps=cfg.ckpt_every_steps,
         every_minutes=cfg.ckpt_every_minutes, state=saved_state, write=rank == 0, stop=stop))
-    if rank == 0:  # HVD: only rank 0 writes TensorBoard
+    if rank == 0:  # only rank 0 writes TensorBoard
         tb_layout.write(os.path.join(run_dir, "train"))
-    closing = [distributed.MetricAverageCallback()]  # HVD: epoch logs averaged before the guard and the checkpoint
+    averaging = eng.epoch_callbacks()  # the run's epoch logs, before the guard and the checkpoint
+    epoch_logger = []
     if rank == 0:
         # Epoch scalars only: Keras' batch-level points count micro-batches, ours
         # (ProgressLogger, DiagnosticsLogger) count updates, on one step axis.
         held_out = cfg.validation_split or cfg.val_data or cfg.dataset == "imagenet"  # else the test set
-        closing.append(EpochLogger(run_dir, "validation" if held_out else "test"))
+        epoch_logger.append(EpochLogger(run_dir, "validation" if held_out else "test"))
     end_epoch = min(cfg.epochs, first_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
     seen, ran = {}, []  # the epoch logs of this invocation's complete epochs; its segments
-    stream = segments.Stream(task, rank, size, cfg.micro_batch)
+    stream = segments.Stream(task, rank, size, feed)
     evaluation = []
 
     def eval_data():  # built once: its cache is kept from one fit call to the next
@@ -194,15 +198,15 @@ def _train(cfg, task_cls, stop):
         progress.begin(seg, examples_seen())
         if auto:
             opt.set_accumulation_steps(seg.k)
-        callbacks = ([distributed.BroadcastCallback()] if not ran else []) + every_segment  # HVD: once, at the start
+        callbacks = (eng.start_callbacks() if not ran else []) + every_segment  # once, at the start
         if carry[0] is not None:
             callbacks.append(checkpoint.RestoreEpochMetrics(carry[0]))
         if seg.closes:
-            callbacks = closing[:1] + callbacks + closing[1:]
+            callbacks = averaging + callbacks + epoch_logger
         callbacks.append(stop.exit(progress))  # last: after the checkpoint and the epoch's logs
         ran.append(seg)
         history = model.fit(
-            stream.at(seg.epoch, seg.start),  # HVD: sharded by rank
+            stream.at(seg.epoch, seg.start),  # sharded by rank
             epochs=seg.epochs, initial_epoch=seg.epoch, steps_per_epoch=seg.steps,
             validation_data=eval_data() if seg.closes else None, callbacks=callbacks,
             shuffle=False,  # the datasets shuffle themselves, reproducibly
@@ -230,8 +234,8 @@ def _train(cfg, task_cls, stop):
                             "epochs_done": len(done.get("loss", [])), **_counts(opt, adapter, batch)}, adapter)
         raise
     agreeing = {}
-    if auto:  # HVD: the decisions come from allreduced estimates, so every worker took the same ones
-        agreeing = {"workers_agreeing_on_batches": distributed.agreed(adapter.state(), "the adaptive batch's decisions")}
+    if auto:  # the decisions come from allreduced estimates, so every worker took the same ones
+        agreeing = {"workers_agreeing_on_batches": eng.agreed(adapter.state(), "the adaptive batch's decisions")}
     if getattr(task, "bad_rows", None) is not None and rank == 0:
         what = "malformed rows (--skip-bad-rows" if task.name == "deepfm" else "undecodable images (--skip-bad-images"
         print(f"skipped {task.bad_rows.count} {what}; each is dropped every time it is read)", flush=True)
@@ -272,7 +276,7 @@ def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, reso
     from keras_sngm_trainers import elastic  # HVD
 
     def compile_fn(optimizer):
-        _compile(model, optimizer, task, cfg)
+        engines.current().compile(model, optimizer, task, cfg)
 
     updates = elastic.train(cfg, task, model, inner, compile_fn, updates_per_epoch, cfg.logdir, {"config": resolved},
                             first_update=first_epoch * updates_per_epoch, schedule=schedule)
@@ -280,7 +284,7 @@ def _train_elastic(cfg, task, model, inner, updates_per_epoch, first_epoch, reso
     evaluation = task.test_dataset() or task.eval_dataset()
     if evaluation is not None:  # every worker evaluates the same unsharded data
         final.update({f"test_{k}": float(v) for k, v in model.evaluate(evaluation, return_dict=True, verbose=0).items()})
-    if distributed.rank() == 0:
+    if engines.current().rank() == 0:
         _write_results(cfg.logdir, past, first_epoch, final)
     return past, model, task
 
@@ -290,19 +294,6 @@ def _allreduce_bytes(model, compression):
     fp16 compression halves them), for the planner."""
     params = sum(int(math.prod(v.shape)) for v in model.trainable_variables)
     return {"trainable_parameters": params, "allreduce_bytes": params * (2 if compression == "fp16" else 4)}
-
-
-def _compile(model, opt, task, cfg):
-    # No whole-model XLA: Horovod's ops are not XLA ops; the optimizers compile their own update.
-    model.compile(optimizer=opt, loss=task.loss, metrics=task.metrics(), jit_compile=False,
-                  steps_per_execution=cfg.steps_per_execution)
-    if model.optimizer is not opt:
-        # Keras wraps a mixed_float16 model's optimizer in its LossScaleOptimizer, which checks for overflow
-        # before the allreduce, on each worker's own gradient: workers could disagree on a skip. Our wrapper
-        # scales instead and decides on the averaged gradient (dynamic_loss_scale).
-        model.optimizer = opt
-    if cfg.xla:
-        xla_step.compile_forward_backward(model)
 
 
 def _write_results(run_dir, history, resumed_at, final, adapter=None):

@@ -5,7 +5,7 @@ import math
 
 import keras
 
-from keras_sngm_trainers import distributed
+from keras_sngm_trainers import engines
 from keras_sngm_trainers.checkpoint import optimizer_state, nonfinite
 
 
@@ -17,7 +17,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     """Raises `Diverged` naming the epoch, update and quantity when
 
     - the training loss is not finite after an update (checked every update; under
-      Horovod the verdict is agreed by an allreduce, so every rank stops at once even
+      several processes the verdict is agreed by an allreduce, so every rank stops at once even
       when only one rank's batch overflowed), or
     - at an epoch end, the validation loss or any weight or optimizer variable is not
       finite (identical on every rank, so no communication is needed).
@@ -38,8 +38,8 @@ class DivergenceGuard(keras.callbacks.Callback):
             return
         loss = float((logs or {}).get("loss", 0.0))
         bad = not math.isfinite(loss)
-        if distributed.size() > 1:  # HVD: one verdict for all ranks
-            bad = distributed.allreduce_mean([float(bad)], name="divergence_guard")[0] > 0
+        if engines.current().size() > 1:  # engine: one verdict for all ranks
+            bad = engines.current().allreduce_mean([float(bad)], name="divergence_guard")[0] > 0
         if bad:
             raise Diverged(f"training loss is not finite ({loss} on this rank) at epoch {self.epoch + 1}, "
                            f"update {int(self.model.optimizer.iterations)}")

@@ -29,7 +29,7 @@ import sys
 
 import keras
 
-from keras_sngm_trainers import distributed
+from keras_sngm_trainers import engines
 
 
 def name(signum):
@@ -103,8 +103,8 @@ class _Agreement(keras.callbacks.Callback):
         if not self.request.active or not _update_ends(self.progress, batch)[0] or self.request.agreed:
             return
         caught = self.request.caught
-        if distributed.size() > 1:  # HVD: one decision for all ranks (one scalar per update)
-            caught = int(distributed.allreduce_max([caught], name="stop_signal")[0])
+        if engines.current().size() > 1:  # engine: one decision for all ranks (one scalar per update)
+            caught = int(engines.current().allreduce_max([caught], name="stop_signal")[0])
         self.request.agreed = caught
 
 
@@ -126,6 +126,6 @@ class _Exit(keras.callbacks.Callback):
             self._stop()
 
     def _stop(self):
-        if distributed.size() > 1:  # HVD: wait for rank 0's checkpoint, so that no rank's exit makes horovodrun
-            distributed.allreduce_max([0.0], name="stop_saved")  # end rank 0 while it writes
+        if engines.current().size() > 1:  # engine: wait for rank 0's checkpoint, so that no rank's exit makes horovodrun
+            engines.current().allreduce_max([0.0], name="stop_saved")  # end rank 0 while it writes
         raise Preempted(self.request.agreed, int(self.model.optimizer.iterations), self.request.saved)

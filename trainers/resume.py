@@ -87,41 +87,45 @@ def changes(previous, resolved):
     return record
 
 
-def restore(cfg, model, opt, rank, size, updates_per_epoch):
-    """Loads the newest intact checkpoint of `cfg.logdir` (rank 0 reads it; the position
-    is broadcast). Damaged newer checkpoints are passed over with a warning and kept as
+def restore(cfg, model, opt, rank, size, updates_per_epoch, workers=None):
+    """Loads the newest intact checkpoint of `cfg.logdir` (rank 0 picks it and reads it, or
+    every process does where the engine says so; the position is broadcast). Damaged newer checkpoints are passed over with a warning and kept as
     `<name>.damaged`. Returns (first epoch, updates done in it, micro-batches done in
     it per worker, the epoch logs before it, this rank's running metric sums of the epoch
-    entered mid-way or None, the batch adapter's state or None)."""
-    from keras_sngm_trainers import checkpoint, distributed
+    entered mid-way or None, the batch adapter's state or None). `workers`: the
+    data-parallel replicas (default `size`, one device per process)."""
+    from keras_sngm_trainers import checkpoint, engines
 
+    eng = engines.current()
+    path, damaged = checkpoint.newest_intact(cfg.logdir) if rank == 0 else (None, [])
+    for where, wrong in damaged:
+        name = os.path.basename(where).split(".damaged")[0]
+        print(f"sngm-train: warning: checkpoint {name} is damaged ({wrong}): passed over, and kept as {where}",
+              file=sys.stderr, flush=True)
+    if rank == 0 and not path and cfg.verbose:
+        what = "no intact checkpoint" if damaged else "no checkpoint"
+        print(f"--resume: {what} in {cfg.logdir}: starting from scratch", flush=True)
+    if eng.every_process_loads:  # (the engine's assignments are collective: every process loads rank 0's pick)
+        path = eng.broadcast_object(path)
     found, past = None, {}
-    if rank == 0:
-        path, damaged = checkpoint.newest_intact(cfg.logdir)
-        for where, wrong in damaged:
-            name = os.path.basename(where).split(".damaged")[0]
-            print(f"sngm-train: warning: checkpoint {name} is damaged ({wrong}): passed over, and kept as {where}",
-                  file=sys.stderr, flush=True)
-        if path:
-            state = checkpoint.restore(path, model, opt)
-            past = state.get("history", {})
-            start = state.get("step_in_epoch", 0)
-            found = {"path": path, "epoch": state["epoch"], "start": start,
-                     "rounds": state.get("micro_in_epoch", 0), "metrics": state.get("epoch_metrics"),
-                     "by_rank": state.get("epoch_metrics_by_rank"),
-                     "adapted": state.get("batch_adapter"),
-                     "workers": state.get("config", {}).get("workers", size), "updates": int(opt.iterations)}
-        elif cfg.verbose:
-            what = "no intact checkpoint" if damaged else "no checkpoint"
-            print(f"--resume: {what} in {cfg.logdir}: starting from scratch", flush=True)
-    found = distributed.broadcast_object(found)  # HVD: every rank resumes at rank 0's position
+    if path and (rank == 0 or eng.every_process_loads):
+        state = checkpoint.restore(path, model, opt)
+        past = state.get("history", {})
+        start = state.get("step_in_epoch", 0)
+        found = {"path": path, "epoch": state["epoch"], "start": start,
+                 "rounds": state.get("micro_in_epoch", 0), "metrics": state.get("epoch_metrics"),
+                 "by_rank": state.get("epoch_metrics_by_rank"),
+                 "adapted": state.get("batch_adapter"),
+                 "workers": state.get("config", {}).get("workers", size), "updates": int(opt.iterations)}
+    found = eng.broadcast_object(found)  # every rank resumes at rank 0's position
     if found is None:
         return 0, 0, 0, past, None, None
     where = os.path.basename(found["path"])
-    if found["start"] and found["workers"] != size:
+    workers = workers or size  # data-parallel replicas: the processes times the devices each feeds
+    if found["start"] and found["workers"] != workers:
         raise ValueError(f"{where} was saved within an epoch by {found['workers']} workers, and each worker's data "
                          f"position is its own: resume it with {found['workers']} workers (horovodrun -np "
-                         f"{found['workers']}), not {size}")
+                         f"{found['workers']}, or processes x devices = {found['workers']}), not {workers}")
     if found["start"] and cfg.elastic:
         raise ValueError(f"{where} was saved within an epoch (update {found['start']}); --elastic resumes from epoch "
                          f"ends only: resume without --elastic to the epoch's end first")

@@ -6,14 +6,25 @@ import os
 import keras
 import numpy as np
 
-from keras_sngm_trainers import distributed
-from keras_sngm_trainers.data import criteo, criteo_binary, dense_transform, imagenet, imagenet_input, images, sharding
+from keras_sngm_trainers import engines
+from keras_sngm_trainers.data import arrays, dense_transform, images
 from keras_sngm_trainers.models import deepfm, resnet, twoconv
+
+
+def streamed(what):
+    """The tf.data module `what` of trainers/data (criteo, criteo_binary, imagenet, ...);
+    ValueError naming the install where TensorFlow is missing (the JAX engine trains on
+    synthetic and in-memory data without it)."""
+    import importlib
+
+    if not arrays.tensorflow_available():
+        raise ValueError("this data is read through tf.data, and TensorFlow is not installed: pip install "
+                         "tensorflow-cpu (without it, --engine jax trains on synthetic data and CIFAR held in memory)")
+    return importlib.import_module(f"keras_sngm_trainers.data.{what}")
 
 
 class ResNetTask:
     name = "resnet"
-    position_variables = True  # train_dataset's first_epoch and start may be variables (trainers/segments.py)
 
     def __new__(cls, cfg):  # `sngm-train resnet --dataset imagenet` streams instead of holding images in memory
         return super().__new__(ImageNetTask if cls is ResNetTask and cfg.dataset == "imagenet" else cls)
@@ -40,6 +51,9 @@ class ResNetTask:
             self.train = (x[np.sort(idx[cut:])], y[np.sort(idx[cut:])])
         self.image_size = self.train[0].shape[1]
         self.num_train = len(self.train[0])
+        self.numpy = not arrays.tensorflow_available()  # NumPy batches (trainers/data/arrays.py), else tf.data
+        # tf.data: train_dataset's first_epoch and start may be variables (trainers/segments.py)
+        self.position_variables = not self.numpy
 
     def model(self):
         if self.cfg.arch == "twoconv":
@@ -52,16 +66,20 @@ class ResNetTask:
         return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
     def train_dataset(self, first_epoch, rank, size, micro_batch, start=0):
-        return images.train_dataset(*self.train, self.num_classes, micro_batch, self.cfg.seed, first_epoch, rank, size,
-                                    augment=self.cfg.augment, micro_steps=self.micro_steps_per_epoch, start=start)
+        pipeline = arrays.ImageStream if self.numpy else images.train_dataset
+        return pipeline(*self.train, self.num_classes, micro_batch, self.cfg.seed, first_epoch, rank, size,
+                        augment=self.cfg.augment, micro_steps=self.micro_steps_per_epoch, start=start)
+
+    def _eval(self, data):
+        return (arrays.ImageBatches if self.numpy else images.eval_dataset)(*data, self.num_classes, self.cfg.eval_batch)
 
     def eval_dataset(self):
         """Evaluated every epoch: the validation split when there is one, else the test set."""
-        return images.eval_dataset(*(self.val or self.test), self.num_classes, self.cfg.eval_batch)
+        return self._eval(self.val or self.test)
 
     def test_dataset(self):
         """Evaluated once after training when a validation split was used for tuning."""
-        return images.eval_dataset(*self.test, self.num_classes, self.cfg.eval_batch) if self.val else None
+        return self._eval(self.test) if self.val else None
 
     def describe(self):
         return {"data_source": self.source, "train_examples": self.num_train, "test_examples": len(self.test[0]),
@@ -76,14 +94,14 @@ class ImageNetTask(ResNetTask):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.data = imagenet.find(cfg.data_dir, cfg.tfds_dir, cfg.download, cfg.verbose)
+        self.data = streamed("imagenet").find(cfg.data_dir, cfg.tfds_dir, cfg.download, cfg.verbose)
         self.num_classes, self.image_size = self.data.num_classes, cfg.image_size
         self.num_train, self.source = self.data.train.size, self.data.description
-        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_images else None
+        self.bad_rows = streamed("criteo").BadRowCounter() if cfg.skip_bad_images else None
 
     def updates_per_epoch(self, global_batch, micro_batch, workers):
         """Updates every worker can fill from its own share (the smallest share decides)."""
-        records = min(imagenet_input.records_of_worker(self.data.train, r, workers, micro_batch) for r in range(workers))
+        records = min(streamed("imagenet_input").records_of_worker(self.data.train, r, workers, micro_batch) for r in range(workers))
         return records // (global_batch // workers)
 
     def model(self):
@@ -93,14 +111,14 @@ class ImageNetTask(ResNetTask):
 
     def train_dataset(self, first_epoch, rank, size, micro_batch, start=0):
         c = self.cfg
-        return imagenet_input.train_dataset(self.data.train, self.image_size, micro_batch, c.seed, first_epoch, c.epochs,
+        return streamed("imagenet_input").train_dataset(self.data.train, self.image_size, micro_batch, c.seed, first_epoch, c.epochs,
                                             rank, size, self.micro_steps_per_epoch, c.shuffle_buffer, c.augment,
                                             c.skip_bad_images, self.bad_rows, start)
 
     def eval_dataset(self):
         """The validation split, each worker its share (the epoch logs are averaged over workers)."""
-        return imagenet_input.eval_dataset(self.data.validation, self.image_size, self.cfg.eval_batch,
-                                           distributed.rank(), distributed.size(), self.cfg.skip_bad_images,
+        return streamed("imagenet_input").eval_dataset(self.data.validation, self.image_size, self.cfg.eval_batch,
+                                           engines.current().rank(), engines.current().size(), self.cfg.skip_bad_images,
                                            self.bad_rows)
 
     def test_dataset(self):
@@ -145,32 +163,32 @@ class DeepFMTask:
     def __init__(self, cfg):
         self.cfg = cfg
         self.synthetic = cfg.data == "synthetic"
-        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_rows else None
+        self.bad_rows = streamed("criteo").BadRowCounter() if cfg.skip_bad_rows else None
         self.truth = None
         if self.synthetic:  # random rows of the right shape: no files, no parsing (benchmarks)
             self.train_files, self.file_lines = [], []
             self.num_train = cfg.train_rows or 2**20
             self.dense = dense_transform.LOG1P
-        elif criteo_binary.is_prepared(cfg.data):  # `sngm-train prep-criteo` output: no parsing
-            meta = criteo_binary.load_meta(cfg.data, cfg.hash_space, cfg.dense_transform)
-            self.train_files = criteo_binary.shards(cfg.data)
+        elif streamed("criteo_binary").is_prepared(cfg.data):  # `sngm-train prep-criteo` output: no parsing
+            meta = streamed("criteo_binary").load_meta(cfg.data, cfg.hash_space, cfg.dense_transform)
+            self.train_files = streamed("criteo_binary").shards(cfg.data)
             self.file_lines = [s["rows"] for s in meta["shards"]]
             self.num_train = cfg.train_rows or meta["rows"]
             self.train_source = cfg.data
             self.dense = meta.get("dense_transform", dense_transform.LOG1P)
         else:
-            self.train_files = criteo.resolve_files(cfg.data)
+            self.train_files = streamed("criteo").resolve_files(cfg.data)
             size = sum(os.path.getsize(f) for f in self.train_files)
             if not cfg.train_rows and size > 2**28 and cfg.verbose:
                 print(f"counting rows in {len(self.train_files)} files ({size / 1e9:.1f} GB on disk; pass --train-rows "
                       "to skip this pass)", flush=True)
-            self.file_lines = [] if cfg.train_rows else [criteo.count_lines(f) for f in self.train_files]
+            self.file_lines = [] if cfg.train_rows else [streamed("criteo").count_lines(f) for f in self.train_files]
             self.num_train = cfg.train_rows or sum(self.file_lines)
             self.train_source = self.train_files
             truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
             self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
             # min-max: fitted on the training files, one pass (every worker makes the same one)
-            self.dense = (criteo.fit_minmax(self.train_files, cfg.skip_bad_rows)
+            self.dense = (streamed("criteo").fit_minmax(self.train_files, cfg.skip_bad_rows)
                           if cfg.dense_transform == "minmax" else dense_transform.LOG1P)
         self.test_files = self._source(cfg.test_data)
         self.val_files = self._source(cfg.val_data)
@@ -180,28 +198,28 @@ class DeepFMTask:
         A prepared folder's dense transform must be the training data's."""
         if not path:
             return None
-        if criteo_binary.is_prepared(path):
-            meta = criteo_binary.load_meta(path, self.cfg.hash_space, self.cfg.dense_transform)
+        if streamed("criteo_binary").is_prepared(path):
+            meta = streamed("criteo_binary").load_meta(path, self.cfg.hash_space, self.cfg.dense_transform)
             if not dense_transform.same(meta.get("dense_transform"), self.dense):
-                raise criteo.CriteoFormatError(
+                raise streamed("criteo").CriteoFormatError(
                     f"{path} was prepared with another min-max fit than the training data's ({self.cfg.data}): "
                     f"prepare it with `prep-criteo --dense-transform minmax --fit-data <the training files>`")
             return path
-        return criteo.resolve_files(path)
+        return streamed("criteo").resolve_files(path)
 
     def _rows(self, source, batch, rank=0, size=1, shuffle=0, epoch=0, drop_remainder=True):
         """Batches from a prepared folder (a path) or text files (a list)."""
         c = self.cfg
         if isinstance(source, str):
-            return criteo_binary.dataset(source, batch, rank, size, shuffle, c.seed, epoch, drop_remainder=drop_remainder)
-        return criteo.dataset(source, batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows, shuffle, c.seed,
+            return streamed("criteo_binary").dataset(source, batch, rank, size, shuffle, c.seed, epoch, drop_remainder=drop_remainder)
+        return streamed("criteo").dataset(source, batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows, shuffle, c.seed,
                               epoch, drop_remainder=drop_remainder, dense=self.dense)
 
     def updates_per_epoch(self, global_batch, micro_batch, workers):
         """Updates every worker can fill from its own shard (the smallest shard decides)."""
         if not self.file_lines or workers == 1:
             return self.num_train // global_batch
-        rows = min(sharding.rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
+        rows = min(streamed("sharding").rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
         return rows // (global_batch // workers)
 
     def model(self):
@@ -224,7 +242,9 @@ class DeepFMTask:
         """This worker's micro-batches from epoch `first_epoch`, its first `start` skipped."""
         c = self.cfg
         if self.synthetic:
-            return criteo.synthetic(micro_batch, c.hash_space, c.seed, rank)
+            if not arrays.tensorflow_available():
+                return arrays.SyntheticRows(micro_batch, c.hash_space, c.seed, rank)
+            return streamed("criteo").synthetic(micro_batch, c.hash_space, c.seed, rank)
         # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
         per_epoch = [self._rows(self.train_source, micro_batch, rank, size, c.shuffle_buffer, e).take(self.micro_steps_per_epoch)
                      for e in range(first_epoch, max(c.epochs, first_epoch + 1))]

@@ -13,7 +13,6 @@ meta.json, and checked against the flags when a prepared folder is read:
 """
 
 import numpy as np
-import tensorflow as tf
 
 LOG1P = {"dense_transform": "log1p"}
 RAW = {"dense_transform": "raw"}  # the values, NaN where missing: what `criteo.fit_minmax` reads
@@ -21,6 +20,8 @@ RAW = {"dense_transform": "raw"}  # the values, NaN where missing: what `criteo.
 
 def apply(values, empty, spec):
     """The transformed dense block [n, 13] of float32 `values` (0 where `empty`)."""
+    import tensorflow as tf
+
     kind = (spec or LOG1P)["dense_transform"]
     if kind == "log1p":
         return tf.where(empty, 0.0, tf.math.log1p(tf.maximum(values, 0.0)))

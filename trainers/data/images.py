@@ -20,7 +20,6 @@ import shutil
 import tarfile
 
 import numpy as np
-import tensorflow as tf
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
@@ -122,6 +121,10 @@ def _content_key(listing, image_size):
 
 
 def _decode_all(files, image_size):
+    try:
+        import tensorflow as tf
+    except ImportError:  # (the JAX engine on a host without TensorFlow)
+        return _decode_with_pil(files, image_size)
     ds = tf.data.Dataset.from_tensor_slices(files).map(
         lambda f: tf.image.resize(tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False),
                                   [image_size, image_size], method="nearest"),
@@ -135,6 +138,22 @@ def _decode_all(files, image_size):
             except tf.errors.InvalidArgumentError as e:
                 raise DataNotFoundError(f"{f}: not a decodable image ({str(e).splitlines()[0][:120]})") from None
         raise
+
+
+def _decode_with_pil(files, image_size):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataNotFoundError("decoding an image folder needs TensorFlow or Pillow, and neither is installed: "
+                                "pip install pillow") from None
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(np.asarray(im.convert("RGB").resize((image_size, image_size), Image.NEAREST), np.uint8))
+        except OSError as e:
+            raise DataNotFoundError(f"{f}: not a decodable image ({e})") from None
+    return np.stack(out)
 
 
 def _read_image_folder(base, image_size):
@@ -230,6 +249,8 @@ def _load_tfds(name, data_dir, download):
 
 # ---------------------------------------------------------------- tf.data pipelines
 def _normalize(x, num_classes):
+    import tensorflow as tf
+
     mean = CIFAR_MEAN.get(num_classes, (0.5, 0.5, 0.5))
     std = CIFAR_STD.get(num_classes, (0.25, 0.25, 0.25))
     return (tf.cast(x, tf.float32) / 255.0 - mean) / std
@@ -249,6 +270,8 @@ def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, siz
     and `start` may be variables: they are read when an iterator starts, so one dataset
     serves every `fit` of a run (no retracing per call).
     """
+    import tensorflow as tf
+
     n = len(x)
     images = tf.constant(x)
     labels = tf.constant(y)
@@ -280,6 +303,8 @@ def train_dataset(x, y, num_classes, micro_batch, seed, first_epoch, rank=0, siz
 
 def eval_dataset(x, y, num_classes, batch_size):
     """The whole test set, unsharded (every worker evaluates all of it)."""
+    import tensorflow as tf
+
     return (tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
             .map(lambda a, b: (_normalize(a, num_classes), b), num_parallel_calls=tf.data.AUTOTUNE)
             .cache().prefetch(tf.data.AUTOTUNE))
