@@ -78,20 +78,22 @@ def test_a_flag_of_the_other_task_is_named_as_such(tmp_path):
 
 
 def test_without_tensorflow_one_line_and_exit_2(tmp_path):
-    """A JAX- or PyTorch-only install (TensorFlow made unimportable): the trainers say what
-    to install; the optimizers and SNGMDiagnostics work without it."""
+    """A JAX- or PyTorch-only install (TensorFlow made unimportable): the Horovod engine says
+    what to install; the optimizers and SNGMDiagnostics work without it (the JAX engine too:
+    tests/test_jax_engine.py)."""
     import subprocess
     import sys
 
     from helpers import ROOT
 
     hide = "import sys; sys.modules['tensorflow'] = None; "
-    env = {**os.environ, "PYTHONPATH": ROOT, "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "KERAS_BACKEND": ""}  # (the default engine: Horovod)
     proc = subprocess.run([sys.executable, "-c", hide + "from keras_sngm_trainers.cli import main; sys.exit(main(['resnet', "
                            "'--dataset', 'synthetic', '--batch-size', '256', '--logdir', '" + str(tmp_path / "r") + "']))"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("sngm-train: error: the trainers need TensorFlow, which is not installed")
+    assert proc.stderr.startswith("sngm-train: error: the Horovod engine needs TensorFlow, which is not installed")
+    env["KERAS_BACKEND"] = "jax"
     assert "pip install tensorflow-cpu==2.21.0" in proc.stderr
     # The optimizers, the noise estimator and SNGMDiagnostics need no TensorFlow: a JAX fit
     # writes its event files, which TensorBoard's reader reads back here.

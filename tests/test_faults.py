@@ -23,6 +23,10 @@ FLAGS = ["resnet", "--dataset", "synthetic", "--depth", "8", "--train-subset", "
          "--deterministic", "--diagnostics-every", "0", "--log-every", "1"]
 
 
+# The JAX engine needs Keras' JAX backend (the suite's own processes run on TensorFlow).
+ENGINE_ENV = {"horovod": {}, "jax": {"KERAS_BACKEND": "jax"}}
+
+
 def assert_same_weights(a, b):
     wa, wb = weights_of(a), weights_of(b)
     assert [n for n, _ in wa] == [n for n, _ in wb] and len(wa) > 4
@@ -36,17 +40,19 @@ def history(run):
     return h
 
 
-def test_sigterm_mid_run_stops_cleanly_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("engine", ["horovod", "jax"])
+def test_sigterm_mid_run_stops_cleanly_and_resume_is_exact(tmp_path, engine):
     """SIGTERM once the run is at update 5 of 80, then again every 50 ms until it exits (a
     second signal during the save): exit 143, the message names the signal and the
     checkpoint, which is intact; no final.json. `--resume` given only --logdir (and a
     shorter --epochs) then ends at the weights and epoch logs of an uninterrupted run."""
-    straight = sngm_train(FLAGS + ["--epochs", "3", "--no-verbose", "--logdir", str(tmp_path / "a")])
+    flags, engine_env = FLAGS + ["--engine", engine], ENGINE_ENV[engine]
+    straight = sngm_train(flags + ["--epochs", "3", "--no-verbose", "--logdir", str(tmp_path / "a")], **engine_env)
     assert straight.returncode == 0, straight.stderr[-2000:]
     run = tmp_path / "b"
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **engine_env}
     out = open(tmp_path / "out.txt", "w")
-    proc = subprocess.Popen([os.path.join(BIN, "sngm-train"), *FLAGS, "--epochs", "10", "--logdir", str(run)],
+    proc = subprocess.Popen([os.path.join(BIN, "sngm-train"), *flags, "--epochs", "10", "--logdir", str(run)],
                             cwd=ROOT, env=env, stdout=out, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while "update 5/80" not in open(tmp_path / "out.txt").read():
@@ -68,7 +74,7 @@ def test_sigterm_mid_run_stops_cleanly_and_resume_is_exact(tmp_path):
     assert state["epoch"] * 8 + state["step_in_epoch"] == update  # the checkpoint is at the update stopped at
     assert not (run / "final.json").exists()
 
-    rest = sngm_train(["resnet", "--logdir", str(run), "--resume", "--epochs", "3"])
+    rest = sngm_train(["resnet", "--logdir", str(run), "--resume", "--epochs", "3"], **engine_env)
     assert rest.returncode == 0, rest.stderr[-2000:]
     assert f"resuming {run} from {os.path.basename(named)}" in rest.stdout, rest.stdout[:3000]
     assert_same_weights(tmp_path / "a" / "ckpt-00003", run / "ckpt-00003")
@@ -83,7 +89,8 @@ def _file_size_limit(limit):
     return apply
 
 
-def test_full_disk_and_damaged_newest_checkpoint(tmp_path):
+@pytest.mark.parametrize("engine", ["horovod", "jax"])
+def test_full_disk_and_damaged_newest_checkpoint(tmp_path, engine):
     """A file-size limit (made here with RLIMIT_FSIZE, below the weights file's size) makes
     the epoch-3 save fail: exit 4, a message naming the checkpoint and the error, the
     previous checkpoint intact, no temporary left. Then the newest checkpoint is damaged
@@ -91,14 +98,14 @@ def test_full_disk_and_damaged_newest_checkpoint(tmp_path):
     ckpt-00002.damaged byte for byte, resumes from ckpt-00001 (an epoch checkpoint), and
     ends bit for bit where an uninterrupted run ends, with its epoch logs. A further
     --resume of the finished run changes nothing."""
-    flags = FLAGS + ["--epochs", "3", "--no-verbose", "--keep", "0"]
-    straight = sngm_train(flags + ["--logdir", str(tmp_path / "a")])
+    flags, engine_env = FLAGS + ["--epochs", "3", "--no-verbose", "--keep", "0", "--engine", engine], ENGINE_ENV[engine]
+    straight = sngm_train(flags + ["--logdir", str(tmp_path / "a")], **engine_env)
     assert straight.returncode == 0, straight.stderr[-2000:]
     run = tmp_path / "b"
-    part = sngm_train(flags + ["--logdir", str(run), "--stop-after", "2"])
+    part = sngm_train(flags + ["--logdir", str(run), "--stop-after", "2"], **engine_env)
     assert part.returncode == 0, part.stderr[-2000:]
     limit = os.path.getsize(run / "ckpt-00002" / "model.weights.h5") // 2
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **engine_env}
     full = subprocess.run([os.path.join(BIN, "sngm-train"), "resnet", "--logdir", str(run), "--resume"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(limit))
     assert full.returncode == 4, full.stderr[-3000:]
@@ -110,7 +117,7 @@ def test_full_disk_and_damaged_newest_checkpoint(tmp_path):
     weights = run / "ckpt-00002" / "model.weights.h5"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # a node died while a non-atomic file system wrote it
-    rest = sngm_train(["resnet", "--logdir", str(run), "--resume", "--verbose"])  # (the run was --no-verbose)
+    rest = sngm_train(["resnet", "--logdir", str(run), "--resume", "--verbose"], **engine_env)  # (was --no-verbose)
     assert rest.returncode == 0, rest.stderr[-2000:]
     assert "warning: checkpoint ckpt-00002 is damaged (model.weights.h5 is unreadable" in rest.stderr, rest.stderr
     assert f"kept as {run / 'ckpt-00002.damaged'}" in rest.stderr
@@ -122,7 +129,7 @@ def test_full_disk_and_damaged_newest_checkpoint(tmp_path):
         "test_accuracy"]
     # Resuming a finished run changes nothing and says so.
     before = {f: (run / f).read_text() for f in ("final.json", "history.json", "config.json")}
-    again = sngm_train(["resnet", "--logdir", str(run), "--resume", "--verbose"])
+    again = sngm_train(["resnet", "--logdir", str(run), "--resume", "--verbose"], **engine_env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already finished all 3 epochs: nothing to do" in again.stdout
     assert {f: (run / f).read_text() for f in before} == before

@@ -146,7 +146,7 @@ def main(argv=None):
         print(f"sngm-train: error: training diverged: {e}. Nothing non-finite was saved; "
               f"{'the newest checkpoint is ' + kept if kept else 'no checkpoint was written'}.", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, DataNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DataNotFoundError, ConnectionError) as e:
         return error(str(e))
     except malformed as e:
         return _malformed_row(e)

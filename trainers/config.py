@@ -109,8 +109,10 @@ class Config:
     engine: str = knob("auto", "how the processes share the run. horovod: TensorFlow and Horovod, one process per "
                        "device, started by horovodrun (the only engine with --elastic, --compression and --xla); jax: "
                        "Keras' distribution API on the JAX backend, one process per host feeding all its devices, "
-                       "started by `sngm-train launch -np N`, srun, or one command per host (no TensorFlow needed for "
-                       "synthetic data); auto: jax when KERAS_BACKEND=jax, else horovod", choices=ENGINES)
+                       "started by `sngm-train launch -np N`, srun, or one command per host (no TensorFlow needed "
+                       "for synthetic data and CIFAR; processes that do not all join within SNGM_CONNECT_TIMEOUT "
+                       "seconds, default 120, are an error); auto: jax when KERAS_BACKEND=jax, else horovod",
+                       choices=ENGINES)
     compression: str = knob("none", "fp16 halves the allreduce bytes at some precision cost", choices=COMPRESSIONS)
     precision: str = knob("float32", "keras.mixed_precision policy: mixed_float16 computes in float16 with a dynamic "
                           "loss scale (the verdict on overflow is taken on the averaged gradient, so all workers skip "

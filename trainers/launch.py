@@ -83,7 +83,7 @@ def main(argv=None):
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         first_failure = None
-        while any(p.poll() is None for p in procs):
+        while [p.poll() for p in procs].count(None):  # (every process polled: its returncode set)
             failed = [p for p in procs if p.returncode not in (None, 0)]
             if failed and first_failure is None:
                 first_failure = failed[0]

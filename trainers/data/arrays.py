@@ -5,7 +5,8 @@ synthetic rows. Where TensorFlow is installed both engines read through tf.data
 
 The rules are tf.data's, drawn from NumPy's generator: epoch e is a pure function of
 (seed, e), a permutation cut into micro-batches, micro-batch t to rank t % size, and each
-micro-batch's augmentation (pad + random crop, horizontal flip) drawn from (seed, e, t).
+example's augmentation (pad + random crop, horizontal flip) drawn from (seed, e) for its
+place in the epoch.
 So N workers see the micro-batches of one process with the same global batch, and a
 resumed run sees what an uninterrupted one would have. The order is not tf.data's
 (another generator).
@@ -47,29 +48,31 @@ class ImageStream(keras.utils.PyDataset):
     def __len__(self):
         return 2**40  # endless: fit's steps_per_epoch ends each call
 
-    def _permutation(self, epoch):
+    def _epoch(self, epoch):
+        """The epoch's order, and each place's crop offsets and flip: drawn from (seed, epoch)."""
         if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.x)))
+            rng, n = np.random.default_rng([self.seed, epoch]), len(self.x)
+            self._order = (epoch, (rng.permutation(n), rng.integers(0, 2 * self.pad + 1, size=(2, n)), rng.random(n) < 0.5))
         return self._order[1]
 
     def __getitem__(self, i):
         position = self.start + i
         epoch, t = self.first_epoch + position // self.micro_steps, position % self.micro_steps
         g = t * self.size + self.rank  # the micro-batch's place in the epoch, over all workers
-        idx = self._permutation(epoch)[g * self.micro_batch:(g + 1) * self.micro_batch]
-        images = self.x[idx]
-        if self.augment:
-            images = self._augmented(images, np.random.default_rng([self.seed, epoch, g]))
-        return normalize(images, self.num_classes), self.y[idx]
+        places = slice(g * self.micro_batch, (g + 1) * self.micro_batch)
+        order, offsets, flips = self._epoch(epoch)
+        images = self.x[order[places]]
+        if self.augment:  # (drawn per place in the epoch: the same whatever the micro-batch and the workers)
+            images = self._augmented(images, offsets[:, places], flips[places])
+        return normalize(images, self.num_classes), self.y[order[places]]
 
-    def _augmented(self, images, rng):
+    def _augmented(self, images, offsets, flips):
         n, h, w, _ = images.shape
         p = self.pad
         padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-        dy, dx = rng.integers(0, 2 * p + 1, size=(2, n))
-        flip = rng.random(n) < 0.5
+        dy, dx = offsets
         out = np.stack([padded[k, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
-        out[flip] = out[flip, :, ::-1]
+        out[flips] = out[flips, :, ::-1]
         return out
 
 

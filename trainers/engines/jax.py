@@ -23,6 +23,7 @@ use Gloo.
 import contextlib
 import os
 import pickle
+import threading
 
 import keras
 import numpy as np
@@ -76,15 +77,30 @@ def init(cfg):
     if (found or slurm) and not _initialized():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # (the CPU's; GPUs use NCCL)
         kwargs = dict(coordinator_address=found[0], num_processes=found[1], process_id=found[2]) if found else {}
+        where = f"the coordinator {found[0]} with {found[1]} processes" if found else "SLURM's job"
+        seconds = connect_timeout()
+        # JAX aborts the process (SIGABRT, no Python exception) when its own timeout passes: ours comes first.
+        watchdog = threading.Timer(seconds, _give_up, (f"the JAX engine could not join {where} within {seconds} s "
+                                                       "(SNGM_CONNECT_TIMEOUT): is every process started, with the "
+                                                       "same KERAS_DISTRIBUTION_* values?",))
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            jax.distributed.initialize(initialization_timeout=connect_timeout(), **kwargs)
+            jax.distributed.initialize(initialization_timeout=seconds + 60, **kwargs)
         except Exception as e:  # (jax raises RuntimeError or its own XlaRuntimeError)
-            where = f"the coordinator {found[0]} with {found[1]} processes" if found else "SLURM's job"
-            raise ConnectionError(f"the JAX engine could not join {where} within {connect_timeout()} s "
-                                  f"(SNGM_CONNECT_TIMEOUT): {str(e).splitlines()[0]}") from None
+            raise ConnectionError(f"the JAX engine could not join {where}: {str(e).splitlines()[0]}") from None
+        finally:
+            watchdog.cancel()
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices(),
                                                                         auto_shard_dataset=False))
     return cfg.threads
+
+
+def _give_up(message):
+    from keras_sngm_trainers.errors import error
+
+    error(message)
+    os._exit(2)  # (the main thread is blocked inside JAX's connect)
 
 
 def _initialized():
