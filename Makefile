@@ -36,6 +36,13 @@ STAMP_HVD   := $(VENV)/.stamp-horovod$(if $(filter 1,$(HOROVOD_GPU)),-nccl,)
 KERAS_OLDEST := 3.12.0
 STAMP_OLD   := $(VENV)/keras-oldest/.stamp-$(KERAS_OLDEST)
 
+# The JAX engine's second venv: Python >= 3.12 (JAX 0.11 needs it), no TensorFlow. PYTHON_JAX: a
+# python3.13 or python3.12 that runs, else one that pyenv installed.
+VENV_JAX    := .venv-jax
+STAMP_JAX   := $(VENV_JAX)/.stamp
+PYTHON_JAX  ?= $(firstword $(foreach p,python3.13 python3.12,$(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)) \
+                 $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3))
+
 .PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu study planning notebooks docs dist screenshot clean help
 
 help:
@@ -95,17 +102,28 @@ $(STAMP_OLD): $(STAMP_DEV)
 	$(BIN)/pip install -q --no-deps --target $(VENV)/keras-oldest keras==$(KERAS_OLDEST)
 	touch $@
 
+$(STAMP_JAX): requirements-jax.txt setup.py
+	@test -n "$(PYTHON_JAX)" || { echo "make: error: the JAX engine's tests need Python >= 3.12 (JAX 0.11 needs it)," \
+	  "and none was found: install one (pyenv install 3.12), or name it: make test PYTHON_JAX=/path/to/python3.12" >&2; exit 2; }
+	$(PYTHON_JAX) -m venv $(VENV_JAX)
+	$(VENV_JAX)/bin/python -m pip install -q --upgrade pip
+	$(VENV_JAX)/bin/pip install -q -r requirements-jax.txt
+	$(VENV_JAX)/bin/pip install -q --no-deps -e .
+	touch $@
+
 install: $(STAMP_BASE) $(STAMP_HVD)
 
-install-dev: install $(STAMP_DEV) $(STAMP_OLD) $(STAMP_DOCS)
+install-dev: install $(STAMP_DEV) $(STAMP_OLD) $(STAMP_DOCS) $(STAMP_JAX)
 
 # Two pytest workers (pytest-xdist): most of a test's time is single-threaded (interpreter and
 # TensorFlow start-up in its subprocesses), so two cores run two tests. A file stays on one worker.
 PYTEST      := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # --durations=10: the slowest ten tests end the report, so the next regression in the suite's time shows.
+# Then the JAX engine's tests again, in .venv-jax: Python 3.12, JAX 0.11, no TensorFlow.
 test: install-dev
 	$(PYTEST) --durations=10 tests
+	KERAS_BACKEND=jax $(VENV_JAX)/bin/python -m pytest -q -p no:cacheprovider tests/test_jax_engine.py
 
 test-fast: install-dev
 	$(PYTEST) -m "not slow" tests
@@ -157,4 +175,4 @@ notebooks: install-dev
 	DATA_DIR=../shared/data/cifar10-jpeg.tar $(BIN)/python tools/execute_notebooks.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info site
+	rm -rf $(VENV) $(VENV_JAX) build *.egg-info site

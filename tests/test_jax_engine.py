@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def run(args, launch=0, hide_tf=False, timeout=300, **env):
 
 def assert_close_weights(a, b, rtol=2e-5, atol=2e-6):
     wa, wb = weights_of(a), weights_of(b)
-    assert [n for n, _ in wa] == [n for n, _ in wb] and len(wa) > 4
+    assert [n for n, _ in wa] == [n for n, _ in wb] and len(wa) >= 4
     for (name, x), (_, y) in zip(wa, wb):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=name)
 
@@ -69,17 +70,22 @@ def tags(logdir):
 
 
 def test_one_process_two_processes_and_two_devices_train_the_same_weights(tmp_path):
-    """The same global batch of 64 as 1 process x 1 device x 2 micro-batches of 32, as 2
+    """A BN-free net: the same global batch of 64 as 1 process x 1 device x 2 micro-batches of 32, as 2
     processes (the launcher, Gloo on loopback) x 1 device x 2 of 16 each, and as 1 process x
     2 host devices x 2 of 16: the same weights within float32 rounding after 2 epochs. Each
     process feeds its own shard: a shard fed twice, or the devices' gradients summed instead
-    of averaged, would not match."""
-    epochs = ["--epochs", "2"]
-    one = run(FLAGS + epochs + ["--micro-batch", "32", "--logdir", str(tmp_path / "one")], hide_tf=True)
+    of averaged, would not match. Then SIGTERM to the launcher of a second 2-process run:
+    both processes stop after the same update (exit 143), rank 0 with a checkpoint, and
+    --resume under the launcher ends where the uninterrupted run did."""
+    # 10 updates an epoch, BN-free: batch normalization's backward pass over 2 shards (here, one mean over the
+    # global batch) amplifies float32's reassociation on these random images to 1e-4 within a few updates
+    # A constant lr: the stopped run below is started for 10 epochs and resumed for 2.
+    flags = FLAGS + ["--train-subset", "640", "--arch", "twoconv", "--lr", "0.05", "--schedule", "constant"]
+    one = run(flags + ["--epochs", "2", "--micro-batch", "32", "--logdir", str(tmp_path / "one")], hide_tf=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run(FLAGS + epochs + ["--micro-batch", "16", "--logdir", str(tmp_path / "two")], launch=2, hide_tf=True)
+    two = run(flags + ["--epochs", "2", "--micro-batch", "16", "--logdir", str(tmp_path / "two")], launch=2, hide_tf=True)
     assert two.returncode == 0, two.stderr[-3000:]
-    devices = run(FLAGS + epochs + ["--micro-batch", "16", "--logdir", str(tmp_path / "devices")], hide_tf=True,
+    devices = run(flags + ["--epochs", "2", "--micro-batch", "16", "--logdir", str(tmp_path / "devices")], hide_tf=True,
                   XLA_FLAGS="--xla_force_host_platform_device_count=2")
     assert devices.returncode == 0, devices.stderr[-3000:]
     for name, processes, workers in (("one", 1, 1), ("two", 2, 2), ("devices", 1, 2)):
@@ -89,9 +95,32 @@ def test_one_process_two_processes_and_two_devices_train_the_same_weights(tmp_pa
     assert_close_weights(tmp_path / "one" / "ckpt-00002", tmp_path / "two" / "ckpt-00002")
     assert_close_weights(tmp_path / "one" / "ckpt-00002", tmp_path / "devices" / "ckpt-00002")
     losses = [scalars(tmp_path / name / "train", "step/loss") for name in ("one", "two", "devices")]
-    assert sorted(losses[0]) == list(range(1, 11))
+    assert sorted(losses[0]) == list(range(1, 21))
     for other in losses[1:]:
-        np.testing.assert_allclose([other[s] for s in range(1, 11)], [losses[0][s] for s in range(1, 11)], rtol=1e-5)
+        np.testing.assert_allclose([other[s] for s in range(1, 21)], [losses[0][s] for s in range(1, 21)], rtol=1e-6)
+
+    stopped = tmp_path / "stopped"
+    out = open(tmp_path / "out.txt", "w")
+    env = {**os.environ, "PYTHONPATH": ROOT, **JAX}
+    proc = subprocess.Popen([os.path.join(BIN, "sngm-train"), "launch", "-np", "2", sys.executable, "-c", HIDE_TF + MAIN,
+                             *flags, "--epochs", "10", "--micro-batch", "16", "--verbose", "--logdir", str(stopped)],
+                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while "update 3/100" not in open(tmp_path / "out.txt").read():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 143, err[-3000:]
+    lines = [x for x in err.splitlines() if "stopped by SIGTERM after update" in x]
+    assert len(lines) == 2 and sum("rank 1" in x for x in lines) == 1, err[-3000:]
+    assert sum("; checkpoint " in x for x in lines) == 1, err[-3000:]
+    updates = {int(x.split("after update ")[1].split()[0].rstrip(",")) for x in lines}
+    assert len(updates) == 1 and 3 <= min(updates) < 20, lines  # the same update on both
+    assert not (stopped / "final.json").exists()
+    rest = run(["resnet", "--logdir", str(stopped), "--resume", "--epochs", "2"], launch=2, hide_tf=True)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert_close_weights(tmp_path / "two" / "ckpt-00002", stopped / "ckpt-00002")
 
 
 KILLER = r'''
@@ -158,6 +187,10 @@ def test_without_tensorflow_trains_and_writes_tensorboard(tmp_path):
     assert sorted(scalars(tmp_path / "d" / "train", "diagnostics/noise_scale")) == [1, 2, 3, 4]
     assert {"step/learning_rate", "step/batch_size", "diagnostics/grad_norm", "diagnostics/momentum_norm"} <= \
         tags(tmp_path / "d" / "train")
+    shown = subprocess.run([sys.executable, "-c", HIDE_TF + "import runpy; sys.argv = ['show_run', sys.argv[1]]; "
+                            "runpy.run_path('tools/show_run.py', run_name='__main__')", str(tmp_path / "d")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "diagnostics/noise_scale" in shown.stdout, shown.stderr[-3000:]
     from keras_sngm_trainers.data import planted_ctr
 
     planted_ctr.generate(str(tmp_path / "ctr"), 256, 64, seed=1)

@@ -11,11 +11,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_sngm_trainers import quiet  # noqa: E402
-
-with quiet.banners_filtered():  # TensorFlow's import notices
-    import tensorflow as tf
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.util.tensor_util import make_ndarray  # noqa: E402  (TensorBoard's own: no TensorFlow needed)
 
 
 def main(run_dir):
@@ -27,7 +24,7 @@ def main(run_dir):
         for tag in acc.Tags()["tensors"]:
             if tag.startswith(("diagnostics/", "step/")):
                 events = acc.Tensors(tag)
-                value = tf.make_ndarray(events[-1].tensor_proto)
+                value = make_ndarray(events[-1].tensor_proto)
                 shown = f"{float(value):.4g}" if value.ndim == 0 else f"histogram ({value.shape[0]} buckets)"
                 rows[tag] = (len(events), events[-1].step, shown, acc.SummaryMetadata(tag).summary_description)
     if not rows:

@@ -51,6 +51,7 @@ def train(cfg, task_cls):
 def _train(cfg, task_cls, stop):
     eng = engines.select(cfg.engine)
     threads = eng.init(cfg)
+    stop.take_back()  # (a runtime that joined the processes may have put its own handlers in place)
     rank = eng.rank()
     if cfg.resume and finished(cfg.logdir, cfg.epochs):
         if rank == 0 and cfg.verbose:

@@ -69,6 +69,12 @@ class StopRequest:
             print(f"sngm-train: {name(signum)} received: stopping at the end of the update in flight, with a "
                   f"checkpoint", file=sys.stderr, flush=True)
 
+    def take_back(self):
+        """Installs the handlers again: the JAX engine's distributed runtime installs its own
+        SIGTERM handler (for its preemption notices) when the processes join."""
+        for s in self._previous:
+            signal.signal(s, self._catch)
+
     def close(self):
         """Restores the previous handlers, unless a signal was caught: then further ones
         stay ignored until the process exits (with 128 + the first one's number)."""
