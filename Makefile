@@ -144,6 +144,7 @@ bench: install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/faults.py
 	$(BIN)/python bench/callback_overhead.py
 	KERAS_BACKEND=jax $(BIN)/python bench/callback_overhead.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/engines.py
 
 # Every GPU number, on this host, into docs/benchmarks-gpu.md (OUT= another page); resumes a cut
 # run (the JSON beside the page); TIME_LIMIT caps it. SMOKE=1: the same code on the CPU, toy sizes.
