@@ -177,8 +177,9 @@ def test_divergence_guard_exit_3_and_nothing_saved(tmp_path):
 
 def test_without_tensorflow_trains_and_writes_tensorboard(tmp_path):
     """A host with JAX and no TensorFlow (`import tensorflow` fails): DeepFM on synthetic
-    rows trains, its event files are read back by TensorBoard's reader; a streamed dataset
-    is one line naming the install, exit 2."""
+    rows trains and its event files are read back by TensorBoard's reader and by
+    tools/show_run.py; DeepFM on planted Criteo files (held in memory) learns; a streamed
+    dataset (ImageNet shards) is one line naming the install, exit 2."""
     proc = run(["deepfm", "--engine", "jax", "--data", "synthetic", "--train-rows", "2048", "--batch-size", "512",
                 "--micro-batch", "128", "--hash-space", "1000", "--embedding-dim", "4", "--hidden", "8", "--epochs",
                 "1", "--no-verbose", "--log-every", "1", "--diagnostics-every", "1", "--logdir", str(tmp_path / "d")],
@@ -191,30 +192,56 @@ def test_without_tensorflow_trains_and_writes_tensorboard(tmp_path):
                             "runpy.run_path('tools/show_run.py', run_name='__main__')", str(tmp_path / "d")],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "diagnostics/noise_scale" in shown.stdout, shown.stderr[-3000:]
+
     from keras_sngm_trainers.data import planted_ctr
 
-    planted_ctr.generate(str(tmp_path / "ctr"), 256, 64, seed=1)
-    streamed = run(["deepfm", "--engine", "jax", "--data", str(tmp_path / "ctr" / "train.tsv"), "--logdir",
-                    str(tmp_path / "s")], hide_tf=True)
+    planted_ctr.generate(str(tmp_path / "ctr"), 4096, 1024, seed=1)
+    planted = run(["deepfm", "--engine", "jax", "--data", str(tmp_path / "ctr" / "train.tsv"), "--test-data",
+                   str(tmp_path / "ctr" / "test.tsv"), "--batch-size", "256", "--micro-batch", "128", "--hash-space",
+                   "4096", "--embedding-dim", "4", "--hidden", "16", "--lr", "0.5", "--epochs", "3", "--no-verbose",
+                   "--logdir", str(tmp_path / "p")], hide_tf=True)
+    assert planted.returncode == 0, planted.stderr[-3000:]
+    final = json.load(open(tmp_path / "p" / "final.json"))
+    best = json.load(open(tmp_path / "ctr" / "truth.json"))["best_test_auc"]
+    assert 0.6 < final["test_auc"] <= best, (final, best)  # it learned, and not past what the data allows
+
+    shards = tmp_path / "imagenet"
+    shards.mkdir()
+    for name in ("train-00000-of-00001", "validation-00000-of-00001"):
+        (shards / name).write_bytes(b"")
+    streamed = run(["resnet", "--engine", "jax", "--dataset", "imagenet", "--data-dir", str(shards), "--arch",
+                    "twoconv", "--logdir", str(tmp_path / "s")], hide_tf=True)
     assert streamed.returncode == 2 and streamed.stderr.count("\n") == 1, streamed.stderr[-3000:]
     assert "read through tf.data, and TensorFlow is not installed: pip install tensorflow-cpu" in streamed.stderr
 
 
 @pytest.mark.skipif(not has_tensorflow(), reason="the Horovod engine needs TensorFlow")
-@pytest.mark.parametrize("task", ["twoconv", "deepfm"])
+@pytest.mark.parametrize("task", ["twoconv", "deepfm", "imagenet"])
 def test_the_same_run_on_both_engines(tmp_path, task):
     """A BN-free model from the same initial weights (saved on the JAX backend, loaded by
-    each engine) and the same data (tf.data, on both): per-update losses and gradient norms
-    within float32 tolerance over 20 updates, and the same TensorBoard tags."""
+    each engine) and the same data, read through tf.data on both (synthetic images, planted
+    Criteo text, an ImageNet folder streamed and augmented per image): per-update losses and
+    gradient norms within float32 tolerance over 20 updates, and the same TensorBoard tags."""
     init = str(tmp_path / "init.weights.h5")
     if task == "twoconv":
         build = "from keras_sngm_trainers.models import twoconv; m = twoconv.build(4, 16)"
         flags = ["resnet", "--dataset", "synthetic", "--arch", "twoconv", "--image-size", "16", "--num-classes", "4",
                  "--train-subset", "480", "--batch-size", "48", "--micro-batch", "16", "--lr", "0.05", "--epochs", "2"]
+    elif task == "imagenet":
+        import imagenet_fixtures as fx
+
+        build = "from keras_sngm_trainers.models import twoconv; m = twoconv.build(3, 16)"
+        flags = ["resnet", "--dataset", "imagenet", "--data-dir", fx.write_folder(str(tmp_path / "in"), train=60),
+                 "--arch", "twoconv", "--image-size", "16", "--batch-size", "12", "--micro-batch", "4", "--lr", "0.05",
+                 "--eval-batch", "12", "--epochs", "4"]  # (3 micro-batches an update: the JAX engine's noise scale)
     else:
+        from keras_sngm_trainers.data import planted_ctr
+
+        planted_ctr.generate(str(tmp_path / "ctr"), 3840, 512, seed=1)
         build = ("from keras_sngm_trainers.models import deepfm; m = deepfm.deepfm(1000, 4, (16,), 0.0)")
-        flags = ["deepfm", "--data", "synthetic", "--train-rows", "3840", "--batch-size", "384", "--micro-batch", "128",
-                 "--hash-space", "1000", "--embedding-dim", "4", "--hidden", "16", "--epochs", "2", "--lr", "0.1"]
+        flags = ["deepfm", "--data", str(tmp_path / "ctr" / "train.tsv"), "--test-data", str(tmp_path / "ctr" / "test.tsv"),
+                 "--batch-size", "384", "--micro-batch", "128", "--shuffle-buffer", "512", "--hash-space", "1000",
+                 "--embedding-dim", "4", "--hidden", "16", "--epochs", "2", "--lr", "0.1"]
     made = subprocess.run([sys.executable, "-c", f"import keras; keras.utils.set_random_seed(7); {build}; "
                            f"m.save_weights({init!r})"], env={**os.environ, "PYTHONPATH": ROOT, **JAX},
                           capture_output=True, text=True, timeout=120)
@@ -229,8 +256,10 @@ def test_the_same_run_on_both_engines(tmp_path, task):
         assert sorted(h) == sorted(j) == list(range(1, 21)), tag
         np.testing.assert_allclose([j[s] for s in h], [h[s] for s in h], rtol=2e-5, err_msg=tag)
     assert tags(tmp_path / "h" / "train") == tags(tmp_path / "j" / "train")
-    for evaluation in ("test",):
-        assert tags(tmp_path / "h" / evaluation) == tags(tmp_path / "j" / evaluation)
+    evaluation = "validation" if task == "imagenet" else "test"
+    assert tags(tmp_path / "h" / evaluation) == tags(tmp_path / "j" / evaluation)
+    final = [json.load(open(tmp_path / r / "final.json")) for r in "hj"]
+    np.testing.assert_allclose(final[1]["val_loss"], final[0]["val_loss"], rtol=1e-4)  # the last evaluation
 
 
 def test_bad_input_is_one_line_before_anything_runs(tmp_path):

@@ -110,7 +110,7 @@ class Config:
                        "device, started by horovodrun (the only engine with --elastic, --compression and --xla); jax: "
                        "Keras' distribution API on the JAX backend, one process per host feeding all its devices, "
                        "started by `sngm-train launch -np N`, srun, or one command per host (no TensorFlow needed "
-                       "for synthetic data and CIFAR; processes that do not all join within SNGM_CONNECT_TIMEOUT "
+                       "for synthetic and in-memory data; processes that do not all join within SNGM_CONNECT_TIMEOUT "
                        "seconds, default 120, are an error); auto: jax when KERAS_BACKEND=jax, else horovod",
                        choices=ENGINES)
     compression: str = knob("none", "fp16 halves the allreduce bytes at some precision cost", choices=COMPRESSIONS)

@@ -39,6 +39,7 @@ def train(cfg, task_cls):
     returns (its history, None, None). A signal of `cfg.stop_signals` ends training at
     the next update's end with a checkpoint: `keras_sngm_trainers.preemption.Preempted` is raised.
     """
+    cfg = dataclasses.replace(cfg, engine=config.engine_of(cfg.engine))  # (--engine auto, or a Config made in code)
     config.validate(cfg, task_cls.name)
     # Caught from now on. Not with --elastic: there a preempted worker is one that leaves, and the others go on.
     stop = preemption.StopRequest([] if cfg.elastic else config.stop_signals(cfg.stop_signals), say=cfg.verbose)

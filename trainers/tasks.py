@@ -2,12 +2,13 @@
 
 import json
 import os
+import types
 
 import keras
 import numpy as np
 
 from keras_sngm_trainers import engines
-from keras_sngm_trainers.data import arrays, dense_transform, images
+from keras_sngm_trainers.data import arrays, criteo, criteo_binary, dense_transform, images, sharding
 from keras_sngm_trainers.models import deepfm, resnet, twoconv
 
 
@@ -163,63 +164,87 @@ class DeepFMTask:
     def __init__(self, cfg):
         self.cfg = cfg
         self.synthetic = cfg.data == "synthetic"
-        self.bad_rows = streamed("criteo").BadRowCounter() if cfg.skip_bad_rows else None
-        self.truth = None
+        # Without TensorFlow, text files are held in memory as arrays (trainers/data/arrays.py); else tf.data.
+        self.numpy = not arrays.tensorflow_available()
+        self.bad_rows = criteo.BadRowCounter() if cfg.skip_bad_rows and not self.numpy else None
+        self.truth, self.rows, self.loaded = None, None, {}
         if self.synthetic:  # random rows of the right shape: no files, no parsing (benchmarks)
             self.train_files, self.file_lines = [], []
             self.num_train = cfg.train_rows or 2**20
             self.dense = dense_transform.LOG1P
-        elif streamed("criteo_binary").is_prepared(cfg.data):  # `sngm-train prep-criteo` output: no parsing
-            meta = streamed("criteo_binary").load_meta(cfg.data, cfg.hash_space, cfg.dense_transform)
-            self.train_files = streamed("criteo_binary").shards(cfg.data)
+        elif criteo_binary.is_prepared(cfg.data):  # `sngm-train prep-criteo` output: no parsing
+            if self.numpy:
+                streamed("criteo_binary")  # (its records are read through tf.data: names the install)
+            meta = criteo_binary.load_meta(cfg.data, cfg.hash_space, cfg.dense_transform)
+            self.train_files = criteo_binary.shards(cfg.data)
             self.file_lines = [s["rows"] for s in meta["shards"]]
             self.num_train = cfg.train_rows or meta["rows"]
             self.train_source = cfg.data
             self.dense = meta.get("dense_transform", dense_transform.LOG1P)
+        elif self.numpy:
+            self.train_files = self.train_source = criteo.resolve_files(cfg.data)
+            if cfg.dense_transform == "minmax":
+                raise ValueError("--dense-transform minmax is fitted through tf.data, and TensorFlow is not installed: "
+                                 "pip install tensorflow-cpu (or --dense-transform log1p)")
+            self.rows = self._load(self.train_files)
+            self.file_lines, self.num_train, self.dense = [], len(self.rows[1]), dense_transform.LOG1P
         else:
-            self.train_files = streamed("criteo").resolve_files(cfg.data)
+            self.train_files = criteo.resolve_files(cfg.data)
             size = sum(os.path.getsize(f) for f in self.train_files)
             if not cfg.train_rows and size > 2**28 and cfg.verbose:
                 print(f"counting rows in {len(self.train_files)} files ({size / 1e9:.1f} GB on disk; pass --train-rows "
                       "to skip this pass)", flush=True)
-            self.file_lines = [] if cfg.train_rows else [streamed("criteo").count_lines(f) for f in self.train_files]
+            self.file_lines = [] if cfg.train_rows else [criteo.count_lines(f) for f in self.train_files]
             self.num_train = cfg.train_rows or sum(self.file_lines)
             self.train_source = self.train_files
+            # min-max: fitted on the training files, one pass (every worker makes the same one)
+            self.dense = (criteo.fit_minmax(self.train_files, cfg.skip_bad_rows)
+                          if cfg.dense_transform == "minmax" else dense_transform.LOG1P)
+        if self.train_files and not criteo_binary.is_prepared(cfg.data):  # text: gen-criteo's truth.json beside it
             truth = os.path.join(os.path.dirname(self.train_files[0]), "truth.json")
             self.truth = json.load(open(truth)) if os.path.isfile(truth) else None
-            # min-max: fitted on the training files, one pass (every worker makes the same one)
-            self.dense = (streamed("criteo").fit_minmax(self.train_files, cfg.skip_bad_rows)
-                          if cfg.dense_transform == "minmax" else dense_transform.LOG1P)
         self.test_files = self._source(cfg.test_data)
         self.val_files = self._source(cfg.val_data)
+
+    def _load(self, files):
+        """Text files as in-memory arrays (no TensorFlow), read once; the rows skipped are counted."""
+        key = tuple(files)
+        if key not in self.loaded:
+            self.loaded[key], skipped = arrays.load_criteo(files, self.cfg.hash_space, self.cfg.skip_bad_rows)
+            if self.cfg.skip_bad_rows:
+                self.bad_rows = self.bad_rows or types.SimpleNamespace(count=0)
+                self.bad_rows.count += skipped
+        return self.loaded[key]
 
     def _source(self, path):
         """A prepared folder (kept as its path) or Criteo text files; None when not given.
         A prepared folder's dense transform must be the training data's."""
         if not path:
             return None
-        if streamed("criteo_binary").is_prepared(path):
-            meta = streamed("criteo_binary").load_meta(path, self.cfg.hash_space, self.cfg.dense_transform)
+        if criteo_binary.is_prepared(path):
+            if self.numpy:
+                streamed("criteo_binary")
+            meta = criteo_binary.load_meta(path, self.cfg.hash_space, self.cfg.dense_transform)
             if not dense_transform.same(meta.get("dense_transform"), self.dense):
-                raise streamed("criteo").CriteoFormatError(
+                raise criteo.CriteoFormatError(
                     f"{path} was prepared with another min-max fit than the training data's ({self.cfg.data}): "
                     f"prepare it with `prep-criteo --dense-transform minmax --fit-data <the training files>`")
             return path
-        return streamed("criteo").resolve_files(path)
+        return criteo.resolve_files(path)
 
     def _rows(self, source, batch, rank=0, size=1, shuffle=0, epoch=0, drop_remainder=True):
         """Batches from a prepared folder (a path) or text files (a list)."""
         c = self.cfg
         if isinstance(source, str):
-            return streamed("criteo_binary").dataset(source, batch, rank, size, shuffle, c.seed, epoch, drop_remainder=drop_remainder)
-        return streamed("criteo").dataset(source, batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows, shuffle, c.seed,
+            return criteo_binary.dataset(source, batch, rank, size, shuffle, c.seed, epoch, drop_remainder=drop_remainder)
+        return criteo.dataset(source, batch, c.hash_space, rank, size, c.skip_bad_rows, self.bad_rows, shuffle, c.seed,
                               epoch, drop_remainder=drop_remainder, dense=self.dense)
 
     def updates_per_epoch(self, global_batch, micro_batch, workers):
         """Updates every worker can fill from its own shard (the smallest shard decides)."""
         if not self.file_lines or workers == 1:
             return self.num_train // global_batch
-        rows = min(streamed("sharding").rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
+        rows = min(sharding.rows_of_worker(self.file_lines, r, workers, micro_batch) for r in range(workers))
         return rows // (global_batch // workers)
 
     def model(self):
@@ -242,9 +267,12 @@ class DeepFMTask:
         """This worker's micro-batches from epoch `first_epoch`, its first `start` skipped."""
         c = self.cfg
         if self.synthetic:
-            if not arrays.tensorflow_available():
+            if self.numpy:
                 return arrays.SyntheticRows(micro_batch, c.hash_space, c.seed, rank)
-            return streamed("criteo").synthetic(micro_batch, c.hash_space, c.seed, rank)
+            return criteo.synthetic(micro_batch, c.hash_space, c.seed, rank)
+        if self.numpy:
+            return arrays.RowStream(self.rows, micro_batch, c.seed, first_epoch, rank, size, self.micro_steps_per_epoch,
+                                    start)
         # One pipeline per epoch (its shuffle seed depends on the epoch), chained.
         per_epoch = [self._rows(self.train_source, micro_batch, rank, size, c.shuffle_buffer, e).take(self.micro_steps_per_epoch)
                      for e in range(first_epoch, max(c.epochs, first_epoch + 1))]
@@ -254,7 +282,11 @@ class DeepFMTask:
         return ds.repeat()  # fit stops after epochs x steps; Keras may look one batch ahead
 
     def _eval(self, source):
-        return self._rows(source, self.cfg.eval_batch, drop_remainder=False) if source else None
+        if not source:
+            return None
+        if self.numpy:
+            return arrays.RowBatches(self._load(source), self.cfg.eval_batch)
+        return self._rows(source, self.cfg.eval_batch, drop_remainder=False)
 
     def eval_dataset(self):
         """Evaluated every epoch: --val-data when given, else --test-data."""

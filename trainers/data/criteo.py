@@ -28,7 +28,6 @@ import os
 import glob
 
 import numpy as np
-import tensorflow as tf
 
 from keras_sngm_trainers.data import dense_transform
 from keras_sngm_trainers.data.sharding import my_lines, shard_files
@@ -57,14 +56,20 @@ class BadRowCounter:
     """
 
     def __init__(self):
+        import tensorflow as tf
+
         self.table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=0)
 
     def add(self, path, linenos):
+        import tensorflow as tf
+
         keys = tf.strings.join([tf.fill(tf.shape(linenos), path), tf.strings.as_string(linenos)], ":")
         return self.add_keys(keys)
 
     def add_keys(self, keys):
         """Marks the records named by the strings `keys` (a vector) as dropped."""
+        import tensorflow as tf
+
         return self.table.insert(keys, tf.ones(tf.shape(keys), tf.int64))
 
     @property
@@ -145,6 +150,8 @@ def parse_block(lines, sep, hash_space, dense=None):
     first 41 fields (measured 2x faster than a ragged split + pad); a 41st field that
     is not padding means more than 40 fields. `details` serve the error message only.
     """
+    import tensorflow as tf
+
     padded = tf.strings.join([lines, (sep + _MISSING) * NUM_FIELDS])
     cols = tf.io.decode_csv(padded, [""] * (NUM_FIELDS + 1), field_delim=sep, use_quote_delim=False,
                             select_cols=list(range(NUM_FIELDS + 1)))
@@ -171,6 +178,8 @@ def parse_block(lines, sep, hash_space, dense=None):
 
 def _reason(code, line, sep, label, column, value):
     """The message for one bad row (built only when a row is bad)."""
+    import tensorflow as tf
+
     field = tf.strings.join(["integer field I", tf.strings.as_string(column + 1)])
     return tf.switch_case(code - 1, [
         lambda: tf.strings.join([tf.strings.as_string(tf.size(tf.strings.split(line, sep))),
@@ -183,6 +192,8 @@ def _reason(code, line, sep, label, column, value):
 
 def _file_blocks(path, batch_size, rank, size, by, hash_space, skip_bad_rows, counter, dense=None):
     """Parsed blocks of one file for this worker: (features, labels) with only good rows."""
+    import tensorflow as tf
+
     fmt = file_format(path)
     sep = "," if fmt == "csv" else "\t"
     header = int(fmt == "csv")
@@ -242,6 +253,8 @@ def assemble(files, blocks, batch_size, rank, size, shuffle_buffer, seed, epoch,
     """This worker's batches from `blocks(file, "file" | "line")`, a dataset of row blocks
     of one file (text or prepared binary): sharding, shuffle windows and batching shared by
     both formats."""
+    import tensorflow as tf
+
     own, by = shard_files(files, rank, size)
     if shuffle_buffer and by == "file":
         own = [own[i] for i in np.random.default_rng([seed, epoch]).permutation(len(own))]
@@ -269,6 +282,8 @@ def synthetic(batch_size, hash_space, seed=0, rank=0):
     Dense values are log1p of log-normal counts; ids are skewed towards small buckets
     as real categories are; labels are 1 with probability 0.25, independent of x.
     """
+    import tensorflow as tf
+
     def make(i):
         s = tf.stack([tf.cast(seed * 1_000_003 + rank, tf.int64), i])
         counts = tf.floor(tf.exp(tf.random.stateless_normal([batch_size, 13], s, 1.5, 1.5)))

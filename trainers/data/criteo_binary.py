@@ -15,7 +15,6 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from keras_sngm_trainers.data import criteo, dense_transform, sharding
 
@@ -107,6 +106,8 @@ def prepare(files, out, hash_space, rows_per_shard=1 << 20, skip_bad_rows=False,
 
 
 def _blocks(path, batch_size, rank, size, by):
+    import tensorflow as tf
+
     records = tf.data.FixedLengthRecordDataset(path, RECORD_BYTES, buffer_size=1 << 20).batch(_BLOCK).enumerate()
 
     def decode(b, raw):

@@ -5,8 +5,6 @@ file and keeps runs of `batch_size` records in turn (run t to worker t % size),
 restarting at each file. Either way each record goes to exactly one worker.
 """
 
-import tensorflow as tf
-
 
 def shard_files(files, rank, size):
     """(files this worker reads, "file" or "line"): by file when there are enough files
@@ -32,6 +30,8 @@ def rows_of_worker(file_lines, rank, size, batch_size):
 
 def my_lines(index, batch_size, rank, size, by):
     """Mask of the (0-based) row indices of one file that worker `rank` keeps."""
+    import tensorflow as tf
+
     if by == "line" and size > 1:
         return tf.equal((index // batch_size) % size, rank)  # run t of batch_size rows -> rank t % size
     return tf.ones_like(index, tf.bool)

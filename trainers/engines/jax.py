@@ -23,6 +23,7 @@ use Gloo.
 import contextlib
 import os
 import pickle
+import sys
 import threading
 
 import keras
@@ -91,6 +92,12 @@ def init(cfg):
             raise ConnectionError(f"the JAX engine could not join {where}: {str(e).splitlines()[0]}") from None
         finally:
             watchdog.cancel()
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:  # its tf.data pipelines run on the CPU: the GPUs' memory is JAX's
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            pass  # (TensorFlow already initialized its devices)
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices(),
                                                                         auto_shard_dataset=False))
     return cfg.threads
