@@ -46,7 +46,7 @@ PYTHON_JAX  ?= $(firstword $(foreach p,python3.13 python3.12,$(shell $(p) -c 'im
 .PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu study planning notebooks docs dist screenshot clean help
 
 help:
-	@echo "make test   - set up .venv (TF, Keras, Horovod) and run the whole test suite"
+	@echo "make test   - set up .venv (TF, Keras, Horovod) and .venv-jax (Python 3.12, JAX 0.11) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make bench-gpu - every GPU number on this GPU host into docs/benchmarks-gpu.md (SMOKE=1: the CPU, toy sizes)"
