@@ -3,7 +3,7 @@
 The driver (`keras_sngm_trainers.engine`) and its callbacks ask the engine in use the
 same few questions, never which engine it is. An engine is a module that answers:
 
-    init(threads) -> threads      join the run's processes (before any computation)
+    init(cfg) -> threads          join the run's processes (before any computation)
     rank(), size()                this process and the number of processes
     local_replicas()              the data-parallel replicas this process feeds (its devices)
     allreduce_mean(values, name)  floats averaged over the processes (Python floats back)
