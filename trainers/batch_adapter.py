@@ -27,16 +27,20 @@ from keras_sngm_trainers.segments import Segment
 YOUNG_AFTER = 20  # updates in the noise averages before they are trusted: 1 / (1 - 0.95)
 
 
-def check(batch_min, batch_max, workers, micro_batch):
-    """Raises ValueError naming the flag and the value when the range cannot work."""
-    quantum = workers * micro_batch
+def check(batch_min, batch_max, workers, micro_batch, smallest=None):
+    """Raises ValueError naming the flag and the value when the range cannot work.
+    `smallest`: the examples of the smallest gradient the engine's optimizer sees (one
+    worker's micro-batch on Horovod; on the JAX engine a train step over all workers)."""
+    quantum, smallest = workers * micro_batch, smallest or micro_batch
     if batch_min > batch_max:
         raise ValueError(f"--batch-min {batch_min} is above --batch-max {batch_max}")
-    if batch_min < 2 * micro_batch:
-        least = -(-2 * micro_batch // quantum) * quantum
-        raise ValueError(f"--batch-min {batch_min} gives fewer than two micro-batch gradients per update over "
-                         f"{workers} worker(s) x --micro-batch {micro_batch}: the noise scale needs two batch sizes; "
-                         f"use at least {least}")
+    if batch_min < 2 * smallest:
+        least = -(-2 * smallest // quantum) * quantum
+        seen = (f"micro-batch gradients per update (each is already the mean over the {workers} workers' "
+                f"micro-batches, {smallest} examples)" if smallest != micro_batch else
+                f"micro-batch gradients per update over {workers} worker(s) x --micro-batch {micro_batch}")
+        raise ValueError(f"--batch-min {batch_min} gives fewer than two {seen}: the noise scale needs two batch "
+                         f"sizes; use at least {least}")
     for name, value in (("batch_min", batch_min), ("batch_max", batch_max)):
         if value % quantum:
             raise ValueError(f"--{name.replace('_', '-')} {value} is not a multiple of workers x micro-batch = "

@@ -9,7 +9,7 @@ import time
 
 import keras
 
-from keras_sngm.callbacks import AccumulatorNoise, accumulating, learning_rate_used, optimizer_values
+from keras_sngm.callbacks import learning_rate_used, optimizer_values
 from keras_sngm.summary import EventWriter
 from keras_sngm_trainers import tb_tags
 
@@ -128,8 +128,8 @@ class DiagnosticsLogger(keras.callbacks.Callback):
       gradient norms (BlockSNGM, LARS) and trust ratios (LARS);
     - effective learning rate (Smith et al. 2020): for momentum SGD lr/(1-beta) and the
       temperature lr/(B(1-beta)); for SNGM-type optimizers the step length lr*||u||;
-    - gradient noise scale (from Horovod's `DistributedOptimizer`, or on the JAX engine
-      from Keras' gradient accumulator, k >= 3): |G|^2, tr(Sigma), B_simple
+    - gradient noise scale (from the engine's optimizer: Horovod's `DistributedOptimizer`,
+      the JAX engine's `Accumulation`): |G|^2, tr(Sigma), B_simple
       (the critical batch estimate) next to the batch in use, and Yin et al.'s
       diversity bound.
     The latest values also go into the epoch logs (`noise_scale`, `grad_norm`, ...).
@@ -139,15 +139,9 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         super().__init__()
         self.global_batch, self.every, self.schedule = global_batch, every, schedule
         self.writer = EventWriter(f"{logdir}/train") if (write and logdir) else None
-        self._last, self._noise = -1, None
+        self._last = -1
 
     def on_train_begin(self, logs=None):
-        opt = self.model.optimizer
-        acc = accumulating(opt)
-        if (self._noise is None and not hasattr(opt, "noise_scale") and acc is not None
-                and acc.gradient_accumulation_steps >= 3 and self.model.steps_per_execution == 1):
-            # (the JAX engine: Keras' accumulator holds the micro-batch gradients; the devices' are summed in the step)
-            self._noise = AccumulatorNoise(self.global_batch.per_micro, acc.gradient_accumulation_steps)
         inner = self._inner()
         if getattr(inner, "diagnostics_every", self.every) != self.every:
             raise ValueError(f"DiagnosticsLogger(every={self.every}) logs the norms the optimizer refreshes every "
@@ -163,14 +157,11 @@ class DiagnosticsLogger(keras.callbacks.Callback):
         scalars, hists = optimizer_values(self._inner(), lr, _batch(self.global_batch))
         scalars["learning_rate"] = lr
         if getattr(opt, "dynamic_loss_scale", False):  # float16: the scale and the overflowed updates skipped
-            scalars["loss_scale"] = float(opt.loss_scale.numpy())
-            scalars["overflow_skips"] = float(opt.skipped_steps.numpy())
+            scalars["loss_scale"] = float(keras.ops.convert_to_numpy(opt.loss_scale))
+            scalars["overflow_skips"] = float(keras.ops.convert_to_numpy(opt.skipped_steps))
         elif isinstance(opt, keras.optimizers.LossScaleOptimizer):  # (the JAX engine's float16)
             scalars["loss_scale"] = float(keras.ops.convert_to_numpy(opt.dynamic_scale))
         noise = opt.noise_scale() if hasattr(opt, "noise_scale") else None
-        if self._noise is not None:
-            noise = self._noise.result()
-            noise = noise if noise["estimates"] else None
         if noise:
             scalars.update({"noise_g2": noise["g2"], "noise_trace_sigma": noise["trace"], "noise_scale": noise["b_simple"],
                             "gradient_diversity_bound": noise["diversity_bound"]})
@@ -178,9 +169,6 @@ class DiagnosticsLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
-        j = batch % self._noise.k + 1 if self._noise else 0  # (a fit starts at an update's first micro-batch)
-        if self._noise and j < self._noise.k and step % self.every == 0:  # inside an update that will be logged
-            self._noise.read(self.model.optimizer, j)
         if step < 1 or step == self._last or (step - 1) % self.every:
             return  # log right after the update whose diagnostics were refreshed
         self._last = step

@@ -58,7 +58,7 @@ class Config:
                            "the measured gradient noise scale B_simple (--batch-min .. --batch-max)", parse=batch_size_arg)
     batch_min: int = knob(0, "with --batch-size auto, the starting batch (required): a multiple of workers x "
                           "micro-batch, at least two micro-batches over all workers (the noise scale needs two batch "
-                          "sizes); the lr schedule is that of a fixed batch of this size, followed in examples")
+                          "sizes; on --engine jax two per update, each already the mean over the workers); the lr schedule is that of a fixed batch of this size, followed in examples")
     batch_max: int = knob(0, "with --batch-size auto, the largest batch (required; a multiple of workers x micro-batch)")
     adapt_every: int = knob(50, "with --batch-size auto, updates between decisions. The rule: no decision while the "
                             "noise estimate is unresolved (|G|^2 <= 0) or holds under 20 updates; target = "
@@ -476,7 +476,6 @@ def _check_engine(cfg, need):
         need(not getattr(cfg, name), name, f"is not available on --engine jax: {why}")
     need(cfg.compression == "none", "compression", "is not available on --engine jax: the devices' gradients are "
          "averaged inside the compiled step, in the model's precision")
-    need(not adaptive(cfg), "batch_size", "auto is not available on --engine jax yet: use --engine horovod")
     need(not (cfg.on_nonfinite == "skip" and cfg.optimizer in ("adam", "lamb")), "on_nonfinite",
          f"skip is not available on --engine jax for {cfg.optimizer}: Keras' own optimizers apply a non-finite "
          "step there (use --engine horovod, or msgd, sngm, block_sngm or lars, which skip such steps themselves)")
@@ -504,8 +503,10 @@ def _check_adaptive(cfg, need, finite):
     need(cfg.micro_batch >= 1, "micro_batch", "must be >= 1")
     need(cfg.adapt_every >= 1, "adapt_every", "must be >= 1")
     need(finite(cfg.adapt_factor) and cfg.adapt_factor > 0, "adapt_factor", "must be a positive number")
+    workers = workers_from_env()  # (on the JAX engine each process's devices are known later: at least one)
+    smallest = workers * cfg.micro_batch if engine_of(cfg.engine) == "jax" else None
     try:
-        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers_from_env(), cfg.micro_batch)
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch, smallest)
         lr_gain(cfg.lr_scaling, cfg.optimizer)
     except ValueError as e:
         raise ValueError(str(e)) from None

@@ -282,6 +282,15 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         """The global batch of an update now (examples over all workers)."""
         return self.accumulation_steps * size() * (self.micro_batch_size or 1)
 
+    def examples_seen(self):
+        """Examples in all updates so far (`adaptive` only), a Python int."""
+        return int(self.examples.numpy())
+
+    def traced_position(self, ref_batch):
+        """The examples before this update in updates of `ref_batch` examples, a float32
+        tensor (`adaptive` only; what `lr_scaling.ExamplesSchedule` follows)."""
+        return tf.cast(tf.cast(self.examples, tf.float64) / ref_batch, tf.float32)
+
     def traced_batch_size(self):
         """`batch_size()` read from the `adaptive` variable: what a traced step must use (the
         Python count is fixed at tracing time)."""

@@ -10,8 +10,8 @@ import warnings
 
 import keras
 
-from keras_sngm_trainers import (batch_adapter, checkpoint, config, engines, preemption, recipes, resume, segments,
-                                 tb_layout, timing)
+from keras_sngm_trainers import (batch_adapter, checkpoint, config, engines, lr_scaling, preemption, recipes, resume,
+                                 segments, tb_layout, timing)
 from keras_sngm_trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
 from keras_sngm_trainers.config import check_batch
 from keras_sngm_trainers.guard import Diverged, DivergenceGuard
@@ -106,7 +106,7 @@ def _plan(cfg, task_cls, eng):
     workers = size * local
     auto = config.adaptive(cfg)
     if auto:  # the real worker count (validate read horovodrun's environment)
-        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch)
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch, eng.smallest_gradient(cfg.micro_batch))
     batch = cfg.batch_min if auto else cfg.batch_size  # the batch of the first update
     k = check_batch(batch, workers, cfg.micro_batch, config.workers_text(size, local))
     if k % cfg.steps_per_execution:
@@ -134,8 +134,6 @@ def _plan(cfg, task_cls, eng):
                                 updates_per_epoch=updates_per_epoch if cfg.lr_per_epoch else 0,
                                 warmup_start=cfg.warmup_start)
     if auto:  # the same schedule, followed in examples (updates of --batch-min), times the lr gain
-        from keras_sngm_trainers import lr_scaling  # (TensorFlow)
-
         schedule = lr_scaling.ExamplesSchedule(schedule, batch, config.lr_gain(cfg.lr_scaling, cfg.optimizer),
                                                cfg.optimizer)
     return Plan(task, size, local, feed, batch, k, updates_per_epoch, lr, schedule, auto)
@@ -260,7 +258,7 @@ class _Fit:
         return self.evaluation
 
     def examples_seen(self):
-        return int(self.opt.examples.numpy()) if self.plan.auto else int(self.opt.iterations) * self.plan.batch
+        return self.opt.examples_seen() if self.plan.auto else int(self.opt.iterations) * self.plan.batch
 
     def segment(self, seg):
         """One `fit` call; returns the examples seen after it."""
@@ -360,7 +358,7 @@ def _counts(opt, adapter, batch):
     batch its trajectory."""
     if adapter is None:
         return {"updates": int(opt.iterations), "examples": int(opt.iterations) * batch}
-    return {"updates": adapter.updates_done(), "examples": int(opt.examples.numpy()),
+    return {"updates": adapter.updates_done(), "examples": opt.examples_seen(),
             "batch_trajectory": adapter.decisions, "final_batch_size": adapter.batch}
 
 

@@ -25,7 +25,7 @@ tuned with stays right when the batch grows.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 GAINS = ("none", "linear", "sqrt", "adascale")
 SQRT_OF_ADASCALE = ("adam", "lamb")
@@ -34,24 +34,24 @@ SQRT_OF_ADASCALE = ("adam", "lamb")
 def adascale_gain(g2, trace, scale, ref_batch):
     """r = (s2 + m2) / (s2/S + m2), s2 = max(trace, 0) / ref_batch, m2 = max(g2, 0); 1 before
     any estimate (both zero). Tensors in, tensor out."""
-    m2 = tf.maximum(tf.cast(g2, tf.float32), 0.0)
-    s2 = tf.maximum(tf.cast(trace, tf.float32), 0.0) / float(ref_batch)
-    scale = tf.cast(scale, tf.float32)
+    m2 = ops.maximum(ops.cast(g2, "float32"), 0.0)
+    s2 = ops.maximum(ops.cast(trace, "float32"), 0.0) / float(ref_batch)
+    scale = ops.cast(scale, "float32")
     den = s2 / scale + m2
-    return tf.where(den > 0, (s2 + m2) / tf.maximum(den, 1e-30), 1.0)
+    return ops.where(den > 0, (s2 + m2) / ops.maximum(den, 1e-30), 1.0)
 
 
 def gain(kind, optimizer_name, scale, g2=None, trace=None, ref_batch=1):
     """The multiplier of the rate at batch S * B_min."""
-    scale = tf.cast(scale, tf.float32)
+    scale = ops.cast(scale, "float32")
     if kind == "none":
-        return tf.constant(1.0)
+        return ops.ones((), "float32")
     if kind == "linear":
         return scale
     if kind == "sqrt":
-        return tf.sqrt(scale)
+        return ops.sqrt(scale)
     r = adascale_gain(g2, trace, scale, ref_batch)
-    return tf.sqrt(r) if optimizer_name in SQRT_OF_ADASCALE else r
+    return ops.sqrt(r) if optimizer_name in SQRT_OF_ADASCALE else r
 
 
 @keras.saving.register_keras_serializable(package="keras_sngm")
@@ -59,8 +59,9 @@ class ExamplesSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """`schedule` (over updates of `ref_batch` examples) read at the examples seen before
     the update, times the `gain` of the current batch.
 
-    `bind(optimizer)` attaches the `keras_sngm_trainers.distributed.DistributedOptimizer(adaptive=True)`
-    whose `examples`, `accumulation` and noise estimates it reads; Keras then evaluates it
+    `bind(optimizer)` attaches the engine's optimizer (`keras_sngm_trainers.distributed.DistributedOptimizer(adaptive=True)`
+    or `keras_sngm_trainers.accumulation.Accumulation`), whose `traced_position`,
+    `traced_batch_size` and noise estimates it reads; Keras then evaluates it
     inside the traced update, as any schedule. `used()` is the rate of the update just made.
 
     Args:
@@ -85,25 +86,26 @@ class ExamplesSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.optimizer = optimizer
         return self
 
-    def _rate(self, examples, batch):
+    def _rate(self, position, batch):
+        """At `position` (examples before the update, in updates of `ref_batch`) and `batch`."""
         opt = self.optimizer
-        step = tf.cast(tf.cast(examples, tf.float64) / self.ref_batch, tf.float32)
-        base = self.schedule(step) if callable(self.schedule) else tf.constant(self.schedule, tf.float32)
-        scale = tf.cast(batch, tf.float32) / self.ref_batch
+        base = self.schedule(position) if callable(self.schedule) else ops.convert_to_tensor(self.schedule, "float32")
+        scale = ops.cast(batch, "float32") / self.ref_batch
         noise = getattr(opt, "noise", None)
         g2, trace = noise.ema_estimates() if (self.gain == "adascale" and noise) else (0.0, 0.0)
-        return tf.cast(base, tf.float32) * gain(self.gain, self.optimizer_name, scale, g2, trace, self.ref_batch)
+        return ops.cast(base, "float32") * gain(self.gain, self.optimizer_name, scale, g2, trace, self.ref_batch)
 
     def __call__(self, step):  # `step` (the update count) is not what this schedule follows
         if self.optimizer is None or not self.optimizer.built:
-            return self._rate(0, self.ref_batch) if self.optimizer is not None else self.schedule(step)
-        return self._rate(self.optimizer.examples, self.optimizer.traced_batch_size())
+            return self._rate(0.0, self.ref_batch) if self.optimizer is not None else self.schedule(step)
+        return self._rate(self.optimizer.traced_position(self.ref_batch), self.optimizer.traced_batch_size())
 
     def used(self):
         """The rate the last update used (its batch is the current one: the batch changes only
         between `fit` calls, and this is read inside them)."""
         batch = self.optimizer.batch_size()
-        return float(self._rate(max(int(self.optimizer.examples.numpy()) - batch, 0), batch))
+        before = max(self.optimizer.examples_seen() - batch, 0)
+        return float(ops.convert_to_numpy(self._rate(ops.convert_to_tensor(before / self.ref_batch, "float32"), batch)))
 
     def get_config(self):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule), "ref_batch": self.ref_batch,

@@ -11,6 +11,8 @@ same few questions, never which engine it is. An engine is a module that answers
     allgather_object(obj)         every process's `obj`, in rank order
     broadcast_object(obj)         rank 0's `obj`, on every process
     agreed(obj, what)             raises unless every process holds the same `obj`
+    smallest_gradient(micro_batch) the examples of the smallest gradient the optimizer sees
+                                  (the gradient noise scale compares it with the update's)
     optimizer(inner, cfg, k, auto) the optimizer the model is compiled with: it steps `inner`
                                   on the mean gradient of the global batch (k micro-batches
                                   per replica per update)

@@ -13,7 +13,7 @@ from keras_sngm_trainers.distributed import (agreed, allgather_object, allreduce
 
 __all__ = ["agreed", "allgather_object", "allreduce_max", "allreduce_mean", "broadcast_object", "chief_io", "compile",
            "epoch_callbacks", "every_process_loads", "init", "local_replicas", "name", "optimizer", "rank", "size",
-           "start_callbacks"]
+           "smallest_gradient", "start_callbacks"]
 name = "horovod"
 every_process_loads = False  # rank 0 reads a checkpoint; BroadcastCallback sends its weights to the others
 
@@ -30,6 +30,10 @@ def init(cfg):
 
 def local_replicas():
     return 1  # one device per process
+
+
+def smallest_gradient(micro_batch):
+    return micro_batch  # each process's own micro-batch gradient, before the allreduce
 
 
 def optimizer(inner, cfg, k, auto):

@@ -3,9 +3,10 @@
 One process per host feeds all its local devices (`keras.distribution.DataParallel`):
 the batch it reads is split over them, and the gradient the optimizer sees is already
 the mean over every device of every process (XLA's collectives inside the compiled train
-step), so the optimizer needs no wrapper: k micro-batches per update are Keras'
-`gradient_accumulation_steps`, and float16's loss scale is Keras' `LossScaleOptimizer`,
-whose verdict, taken on that global gradient, is the same on every process.
+step), so the optimizer needs no wrapper for the mean: k micro-batches per update are
+summed by `keras_sngm_trainers.accumulation.Accumulation` (k a variable: `--batch-size
+auto` changes it without a new compiled step), and float16's loss scale decides on the
+update's mean gradient, the same on every process.
 
 Several processes (on one host or many) join through `jax.distributed.initialize`, given
 Keras' own variables (`sngm-train launch` sets them):
@@ -179,39 +180,29 @@ def agreed(obj, what):
     return len(seen)
 
 
-class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule`, counted in updates where Keras counts train steps (micro-batches under
-    `gradient_accumulation_steps=k`): update t's k micro-batches all read schedule(t)."""
-
-    def __init__(self, schedule, k):
-        self.schedule, self.k = schedule, k
-
-    def __call__(self, step):
-        step = keras.ops.floor_divide(step, self.k)
-        return self.schedule(step) if callable(self.schedule) else self.schedule
-
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "k": self.k}
+def smallest_gradient(micro_batch):
+    return size() * local_replicas() * micro_batch  # a train step's gradient is already every device's mean
 
 
 def optimizer(inner, cfg, k, auto):
-    """`inner` itself (the devices' mean is taken inside the compiled step), accumulating
-    k micro-batches per update with Keras' `gradient_accumulation_steps`, its schedule read
-    per update."""
-    if k == 1:
-        return inner
-    config = inner.get_config()
-    schedule = inner._learning_rate
-    if isinstance(schedule, keras.Variable):  # a constant rate
-        schedule = float(keras.ops.convert_to_numpy(schedule))
-    config.update(gradient_accumulation_steps=k, learning_rate=PerUpdate(schedule, k))
-    return type(inner).from_config(config)
+    """`inner` itself (the devices' mean is taken inside the compiled step) or, with k > 1
+    micro-batches per update or an adaptive batch, `inner` inside our accumulation
+    (`keras_sngm_trainers.accumulation`: k may change between `fit` calls, the noise scale
+    is measured, and float16's loss scale decides on the update's mean gradient)."""
+    if k == 1 and not auto:
+        return inner  # (float16: Keras' LossScaleOptimizer, which compile adds, decides per update)
+    from keras_sngm_trainers.accumulation import Accumulation
+
+    return Accumulation(inner, size() * local_replicas() * cfg.micro_batch, accumulation_steps=k,
+                        dynamic_loss_scale=cfg.precision == "mixed_float16")
 
 
 def compile(model, opt, task, cfg):
     # The whole train step, the update included, is one XLA program on every device.
     model.compile(optimizer=opt, loss=task.loss, metrics=task.metrics(), jit_compile=True,
                   steps_per_execution=cfg.steps_per_execution)
+    if getattr(opt, "dynamic_loss_scale", False) and model.optimizer is not opt:
+        model.optimizer = opt  # (Keras wrapped it for float16: the accumulation keeps the loss scale itself)
 
 
 @contextlib.contextmanager
