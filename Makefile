@@ -7,7 +7,7 @@ BIN         := $(VENV)/bin
 # compiler tools/find_cuda.py picks (CUDA_HOME, else a system toolkit, else pip's wheels).
 # `make bench-gpu` is for GPU hosts: it sets up the GPU stack, unless SMOKE=1 (the CPU, toy sizes).
 ifneq ($(filter bench-gpu,$(MAKECMDGOALS)),)
-ifneq ($(SMOKE),1)
+ifeq ($(filter 1,$(SMOKE))$(filter jax torch,$(BACKEND)),)
 GPU         ?= 1
 BENCH_ON_GPU := 1
 endif
@@ -43,13 +43,15 @@ STAMP_JAX   := $(VENV_JAX)/.stamp
 PYTHON_JAX  ?= $(firstword $(foreach p,python3.13 python3.12,$(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)) \
                  $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3))
 
-.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu study planning notebooks docs dist screenshot clean help
+.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu wheelhouse study planning notebooks docs dist screenshot clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and .venv-jax (Python 3.12, JAX 0.11) and run the whole test suite"
 	@echo "make demo   - set up .venv and run the main job (ResNet-20 + SNGM under horovodrun -np 2)"
 	@echo "make bench  - run the benchmarks in bench/"
-	@echo "make bench-gpu - every GPU number on this GPU host into docs/benchmarks-gpu.md (SMOKE=1: the CPU, toy sizes)"
+	@echo "make bench-gpu - every GPU number on this GPU host into docs/benchmarks-gpu.md (SMOKE=1: the CPU, toy sizes;"
+	@echo "                 BACKEND=jax|torch: the host's own JAX or PyTorch, nothing installed)"
+	@echo "make wheelhouse - the wheels an offline GPU host lacks, into wheelhouse/"
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
 	@echo "make notebooks - execute the notebooks at their small size and save them with their outputs"
@@ -148,10 +150,30 @@ bench: install-dev
 
 # Every GPU number, on this host, into docs/benchmarks-gpu.md (OUT= another page); resumes a cut
 # run (the JSON beside the page); TIME_LIMIT caps it. SMOKE=1: the same code on the CPU, toy sizes.
-TIME_LIMIT ?= 3600
+# BACKEND=jax|torch: on the host's own JAX or PyTorch in HOST_PYTHON, with nothing installed and no
+# network (keras-sngm and Keras from `make wheelhouse`'s folder), into docs/benchmarks-gpu-BACKEND.md;
+# TIME_LIMIT defaults to 480 s there (8 minutes of one GPU, compilation included).
+HOST_PYTHON ?= python3
+ifneq ($(filter jax torch,$(BACKEND)),)
+bench-gpu:
+	$(HOST_PYTHON) bench/host_bench.py --backend $(BACKEND) $(if $(filter 1,$(SMOKE)),--smoke,) \
+	  $(if $(OUT),--out $(OUT),) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT),)
+else ifneq ($(filter-out tensorflow,$(BACKEND)),)
+bench-gpu:
+	@echo "make bench-gpu: error: BACKEND=$(BACKEND): one of jax, torch (the host's own), tensorflow (the default)" >&2; exit 2
+else
 bench-gpu: gpu-preflight install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/gpu_bench.py $(if $(filter 1,$(SMOKE)),--smoke,) \
-	  $(if $(OUT),--out $(OUT),) --time-limit $(TIME_LIMIT) $(if $(GPUS),--gpus $(GPUS),)
+	  $(if $(OUT),--out $(OUT),) --time-limit $(or $(TIME_LIMIT),3600) $(if $(GPUS),--gpus $(GPUS),)
+endif
+
+# On a machine with network: every wheel a GPU host with its own JAX or PyTorch lacks (keras-sngm,
+# Keras, the small packages they need, TensorBoard's writer) for WHEEL_PYTHON on WHEEL_PLATFORM, into
+# wheelhouse/ (whole, or not at all). The README says how an offline host installs from it.
+WHEEL_PYTHON   ?= 3.12
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64
+wheelhouse: $(BIN)/python
+	$(BIN)/python tools/wheelhouse.py --python-version $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORM) --out wheelhouse
 
 docs: $(STAMP_DOCS)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -81,8 +81,9 @@ class OutOfTime(Exception):
 class Runner:
     """Runs child processes within the run's time limit."""
 
-    def __init__(self, limit_s):
+    def __init__(self, limit_s, cells="gpu_cells.py", env=None):
         self.deadline = time.monotonic() + limit_s
+        self.cells, self.env = os.path.join(HERE, cells), env or ENV
 
     def check(self):
         """Seconds left; OutOfTime when (nearly) none."""
@@ -94,7 +95,7 @@ class Runner:
     def run(self, cmd, **kw):
         left = self.check()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=kw.pop("env", ENV), cwd=ROOT,
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=kw.pop("env", self.env), cwd=ROOT,
                                   timeout=left, **kw)
         except subprocess.TimeoutExpired:
             raise OutOfTime from None
@@ -103,10 +104,10 @@ class Runner:
         return proc
 
     def cell(self, name, args):
-        proc = self.run([sys.executable, os.path.join(HERE, "gpu_cells.py"), name, json.dumps(args)])
+        proc = self.run([sys.executable, self.cells, name, json.dumps(args)])
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
-            raise RuntimeError(f"gpu_cells.py {name} printed no result:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"{os.path.basename(self.cells)} {name} printed no result:\n{proc.stderr[-3000:]}")
         return json.loads(line[-1][7:])
 
 

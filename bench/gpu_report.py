@@ -202,7 +202,9 @@ def targets_lines(facts, results):
 def render(facts, results, size, command):
     parts = [["# GPU benchmarks", "",
               "Every GPU number of the project, taken by one command on the host it names. Written by "
-              "`bench/gpu_bench.py`; the raw numbers are in the JSON beside this page.", ""],
+              "`bench/gpu_bench.py`; the raw numbers are in the JSON beside this page. On a host with its own JAX "
+              "or PyTorch and no TensorFlow, `make bench-gpu BACKEND=jax|torch` writes "
+              "[the JAX page](benchmarks-gpu-jax.md) or [the PyTorch page](benchmarks-gpu-torch.md).", ""],
              host_lines(facts, command), optimizer_lines(results.get("optimizer"), size["optimizer"]),
              resnet50_lines(results.get("resnet50"), size["resnet50"]), small_lines(results.get("small"), size["small"]),
              input_lines(results.get("input"), results), allreduce_lines(results.get("allreduce")),
