@@ -99,8 +99,11 @@ def init(cfg):
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:
             pass  # (TensorFlow already initialized its devices)
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices(),
-                                                                        auto_shard_dataset=False))
+    if jax.device_count() > 1:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices(),
+                                                                            auto_shard_dataset=False))
+    # (One device in all: no distribution, as a plain fit. Over a one-device mesh Keras leaves the variables
+    # uncommitted, and the train step compiled 3 times: first call, committed outputs, the metrics' reset.)
     return cfg.threads
 
 
