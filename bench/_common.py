@@ -1,6 +1,7 @@
 """Shared by the benchmarks: the ResNet-50-like variable shapes, the bytes each update
 must move, and round-robin timing (slow drifts of the machine hit every cell alike)."""
 
+import statistics
 import time
 
 
@@ -22,6 +23,37 @@ def resnet50_like_shapes(last_stage_blocks=2, classes=1000):
                 shapes += [(1, 1, cin, 4 * width), (4 * width,), (4 * width,)]
             cin = 4 * width
     return shapes + [(cin, classes), (classes,)]
+
+
+def median_seconds(step, warmup, steps):
+    """The median seconds of `steps` calls of `step()` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def step_timer():
+    """A Keras callback whose `times` are the seconds between the ends of consecutive train
+    steps of a `fit`."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times, self.t = [], None
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if self.t is not None:
+                self.times.append(now - self.t)
+            self.t = now
+
+    return StepTimer()
 
 
 def round_robin(cells, repeats):

@@ -203,6 +203,31 @@ MEASURE = {"optimizer": measure_optimizer, "resnet50": measure_resnet50, "small"
            "input": measure_input, "allreduce": measure_allreduce, "scaling": measure_scaling}
 
 
+def measure_sections(sections, measure, state, state_path):
+    """`measure(section)` into `state["results"]` for each section not kept whole from the
+    last run, its seconds with it; a time limit or a failure is recorded as the section's
+    "error". The state is written (atomically) after each section: a cut run resumes."""
+    for section in sections:
+        done = state["results"].get(section)
+        if done and "error" not in done and not done.get("left_out"):
+            print(f"{section}: kept from the last run", flush=True)
+            continue
+        t = time.monotonic()
+        try:
+            state["results"][section] = measure(section)
+        except OutOfTime:
+            state["results"][section] = {"error": "time limit"}
+        except RuntimeError as e:
+            state["results"][section] = {"error": str(e).splitlines()[0][:300]}
+            print(e, file=sys.stderr)
+        state["results"][section]["seconds"] = time.monotonic() - t
+        print(f"{section}: {state['results'][section].get('error', 'measured')} "
+              f"({state['results'][section]['seconds']:.0f} s)", flush=True)
+        with open(state_path + ".tmp", "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(state_path + ".tmp", state_path)
+
+
 def _same_host(a, b):
     keys = ("host", "gpus", "tensorflow", "keras", "horovod", "driver")
     return all(a.get(k) == b.get(k) for k in keys)
@@ -251,25 +276,12 @@ def main(argv=None):
     state.setdefault("results", {})
     state["facts"], state["date"] = facts, datetime.date.today().isoformat()
     runner = Runner(a.time_limit - (time.monotonic() - t0))
-    for section in a.sections:
-        if section in state["results"] and "error" not in state["results"][section]:
-            print(f"{section}: kept from the last run", flush=True)
-            continue
-        t = time.monotonic()
+
+    def measure(section):
         extra = (processes,) if section in ("allreduce", "scaling") else ()
-        try:
-            state["results"][section] = MEASURE[section](runner, SIZES[mode][section], facts, *extra)
-        except OutOfTime:
-            state["results"][section] = {"error": "time limit"}
-        except RuntimeError as e:
-            state["results"][section] = {"error": str(e).splitlines()[0][:300]}
-            print(e, file=sys.stderr)
-        state["results"][section]["seconds"] = time.monotonic() - t
-        print(f"{section}: {state['results'][section].get('error', 'measured')} "
-              f"({state['results'][section]['seconds']:.0f} s)", flush=True)
-        with open(state_path + ".tmp", "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(state_path + ".tmp", state_path)
+        return MEASURE[section](runner, SIZES[mode][section], facts, *extra)
+
+    measure_sections(a.sections, measure, state, state_path)
     gpu_report.write(a.out, gpu_report.render(facts, state["results"], SIZES[mode], command))
     failed = [s for s in a.sections if "error" in state["results"].get(s, {})]
     print(f"wrote {a.out} and {state_path}" + (f"; not measured: {', '.join(failed)}" if failed else ""))

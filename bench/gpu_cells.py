@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -46,17 +45,6 @@ def optimizer(a):
     return {"parameters": int(sum(np.prod(s) for s in shapes)), "variables": len(shapes), "rows": rows}
 
 
-def _median_seconds(step, warmup, steps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def resnet(a):
     """Each of `a["cells"]` ([precision, xla] pairs) in turn, in this process."""
     import keras
@@ -65,6 +53,8 @@ def resnet(a):
     from keras_sngm import SNGM
     from keras_sngm_trainers import distributed, xla_step
     from keras_sngm_trainers.models import resnet as models
+
+    from _common import median_seconds
 
     distributed.pin_gpu()
     b = a["batch"]
@@ -79,7 +69,7 @@ def resnet(a):
                       jit_compile=False)
         if xla:
             xla_step.compile_forward_backward(model)
-        t = _median_seconds(lambda: model.train_on_batch(x, y), a["warmup"], a["steps"])  # returns numpy: synced
+        t = median_seconds(lambda: model.train_on_batch(x, y), a["warmup"], a["steps"])  # returns numpy: synced
         rows.append({"precision": precision, "xla": xla, "ms": 1e3 * t, "images_per_s": b / t})
         del model
     keras.mixed_precision.set_global_policy("float32")
@@ -128,18 +118,9 @@ def plain_fit(a):
     model = models.build(a["depth"], a["classes"], a["image"])
     model.compile(optimizer=SNGM(0.1, momentum=0.9), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times, self.t = [], None
+    from _common import step_timer
 
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if self.t is not None:
-                self.times.append(now - self.t)
-            self.t = now
-
-    timer = Timer()
+    timer = step_timer()
     model.fit(ds, steps_per_epoch=a["warmup"] + a["steps"], epochs=1, verbose=0, callbacks=[timer])
     t = statistics.median(timer.times[a["warmup"]:] or timer.times)
     return {"ms": 1e3 * t, "images_per_s": a["batch"] / t}

@@ -39,7 +39,7 @@ sys.path[:0] = [HERE, ROOT]
 
 import gpu_host  # noqa: E402
 import host_report  # noqa: E402
-from gpu_bench import OutOfTime, Runner  # noqa: E402
+from gpu_bench import OutOfTime, Runner, measure_sections  # noqa: E402
 
 SECTIONS = {"jax": ("optimizer", "resnet50", "trainers"), "torch": ("optimizer", "resnet50")}
 NEEDS = {"jax": ("jax", "JAX", "optax"), "torch": ("torch", "PyTorch", "torchvision")}
@@ -167,25 +167,8 @@ def main(argv=None):
             state = kept
     state.setdefault("results", {})
     state["facts"], state["date"] = facts, datetime.date.today().isoformat()
-    for section in SECTIONS[backend]:
-        done = state["results"].get(section)
-        if done and "error" not in done and not done.get("left_out"):
-            print(f"{section}: kept from the last run", flush=True)
-            continue
-        t = time.monotonic()
-        try:
-            state["results"][section] = MEASURE[section](runner, SIZES[mode][section], backend)
-        except OutOfTime:
-            state["results"][section] = {"error": "time limit"}
-        except RuntimeError as e:
-            state["results"][section] = {"error": str(e).splitlines()[0][:300]}
-            print(e, file=sys.stderr)
-        state["results"][section]["seconds"] = time.monotonic() - t
-        print(f"{section}: {state['results'][section].get('error', 'measured')} "
-              f"({state['results'][section]['seconds']:.0f} s)", flush=True)
-        with open(state_path + ".tmp", "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(state_path + ".tmp", state_path)
+    measure_sections(SECTIONS[backend], lambda section: MEASURE[section](runner, SIZES[mode][section], backend),
+                     state, state_path)
     host_report.write(out, host_report.render(backend, facts, state["results"], SIZES[mode], command))
     failed = [s for s in SECTIONS[backend] if "error" in state["results"].get(s, {})
               or state["results"].get(s, {}).get("left_out")]

@@ -16,12 +16,11 @@ import json
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import resnet50_like_shapes, round_robin  # noqa: E402
+from _common import median_seconds, resnet50_like_shapes, round_robin, step_timer  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BACKEND = os.environ.get("KERAS_BACKEND", "")
@@ -127,17 +126,6 @@ def _torch_update_cells(shapes, host):
     return cells
 
 
-def _median_seconds(step, warmup, steps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def resnet(a):
     """Each precision x (SGD, SNGM) in turn; `train_on_batch` returns host floats, so each
     timed step has finished on the device."""
@@ -156,7 +144,7 @@ def resnet(a):
             model = models.build(a["depth"], a["classes"], a["image"])
             opt = SNGM(0.1, momentum=0.9) if name == "SNGM" else keras.optimizers.SGD(0.1, momentum=0.9)
             model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-            t = _median_seconds(lambda: model.train_on_batch(x, y), a["warmup"], a["steps"])
+            t = median_seconds(lambda: model.train_on_batch(x, y), a["warmup"], a["steps"])
             rows.append({"precision": precision, "optimizer": name, "ms": 1e3 * t, "images_per_s": b / t})
             del model
     keras.mixed_precision.set_global_policy("float32")
@@ -192,7 +180,7 @@ def torchvision(a):
             if gpu:
                 torch.cuda.synchronize()
 
-        t = _median_seconds(step, a["warmup"], a["steps"])
+        t = median_seconds(step, a["warmup"], a["steps"])
         label = ("AMP float16" if gpu else "AMP bfloat16 (CPU)") if mode == "amp" else ("TF32" if gpu else "float32")
         rows.append({"mode": label, "ms": 1e3 * t, "images_per_s": b / t})
         del model, opt
@@ -215,28 +203,10 @@ def plain_fit(a):
     y = rng.integers(0, a["classes"], n)
     model = models.build(a["depth"], a["classes"], a["image"])
     model.compile(optimizer=SNGM(0.1, momentum=0.9), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    timer = _timer()
+    timer = step_timer()
     model.fit(x, y, batch_size=a["batch"], epochs=a["epochs"], shuffle=False, verbose=0, callbacks=[timer])
     t = statistics.median(timer.times[a["warmup"]:] or timer.times)
     return {"ms": 1e3 * t, "images_per_s": a["batch"] / t}
-
-
-def _timer():
-    """A Keras callback: the seconds between the ends of consecutive train steps."""
-    import keras
-
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times, self.t = [], None
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if self.t is not None:
-                self.times.append(now - self.t)
-            self.t = now
-
-    return Timer()
 
 
 CELLS = {"facts": facts, "optimizer": optimizer, "resnet": resnet, "torchvision": torchvision,

@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 from keras_sngm.noise_scale import NoiseScaleEstimator
+from keras_sngm_trainers.wrapper import Wrapper
 
 
 def _all_finite(tensors):
@@ -24,7 +25,7 @@ def _all_finite(tensors):
 
 
 @keras.saving.register_keras_serializable(package="keras_sngm")
-class Accumulation(keras.optimizers.Optimizer):
+class Accumulation(Wrapper, keras.optimizers.Optimizer):
     """Steps `inner_optimizer` once per k micro-batches, on their mean gradient.
 
     Args:
@@ -91,10 +92,6 @@ class Accumulation(keras.optimizers.Optimizer):
     def _count(self, name, value=0):
         return self.add_variable(shape=(), dtype="int32", name=name, initializer=keras.initializers.Constant(value))
 
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
-
     def checkpoint_variables(self):
         """The state worth saving: the inner optimizer's, the examples seen, the noise-scale
         averages and the loss scale. The accumulators are zero at an update's end, and k is
@@ -143,25 +140,10 @@ class Accumulation(keras.optimizers.Optimizer):
         (as `DistributedOptimizer.noise_scale`)."""
         return {**self.noise.result(), "batch": self.batch_size()}
 
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations  # updates, skipped ones included
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
     def scale_loss(self, loss):
         if self.dynamic_loss_scale:
             return loss * ops.cast(self.loss_scale, loss.dtype)
         return self.inner_optimizer.scale_loss(loss)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -255,9 +237,3 @@ class Accumulation(keras.optimizers.Optimizer):
                 "examples_per_micro": self.examples_per_micro, "accumulation_steps": self.accumulation_steps,
                 "noise_ema": self.noise_ema, "dynamic_loss_scale": self.dynamic_loss_scale,
                 "initial_scale": self.initial_scale, "growth_interval": self.growth_interval}
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
-        return cls(inner, **config)

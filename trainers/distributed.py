@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from keras_sngm.noise_scale import NoiseScaleEstimator
+from keras_sngm_trainers.wrapper import Wrapper
 
 try:
     import horovod.tensorflow as hvd  # HVD
@@ -153,7 +154,7 @@ def _scaled(g, factor):
 
 
 @keras.saving.register_keras_serializable(package="keras_sngm")
-class DistributedOptimizer(keras.optimizers.Optimizer):
+class DistributedOptimizer(Wrapper, keras.optimizers.Optimizer):
     """Wraps any Keras optimizer: averages gradients over Horovod processes.
 
     With `accumulation_steps=k`, gradients of k micro-batches are summed locally and
@@ -296,10 +297,6 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         Python count is fixed at tracing time)."""
         return self.accumulation * (size() * (self.micro_batch_size or 1))
 
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
-
     def apply(self, grads, trainable_variables=None):
         if trainable_variables is None:
             trainable_variables = self._trainable_variables
@@ -395,25 +392,10 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             return None
         return {**self.noise.result(), "batch": self.batch_size()}
 
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
     def scale_loss(self, loss):
         if self.dynamic_loss_scale:
             return loss * tf.cast(self.loss_scale, loss.dtype)
         return self.inner_optimizer.scale_loss(loss)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
 
     def get_config(self):
         return {
@@ -430,12 +412,6 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             "growth_interval": self.growth_interval,
             "adaptive": self.adaptive,
         }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
-        return cls(inner, **config)
 
 
 class BroadcastCallback(keras.callbacks.Callback):
