@@ -129,7 +129,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=sorted(SECTIONS), required=True, help="the host's framework")
     p.add_argument("--out", help="the page to write (default docs/benchmarks-gpu-BACKEND.md)")
-    p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks every code path, not the hardware")
+    p.add_argument("--smoke", action="store_true",
+                   help="toy sizes on the CPU: checks every code path, not the hardware")
     p.add_argument("--time-limit", type=float, default=480, help="seconds for the whole run (default 480)")
     p.add_argument("--fresh", action="store_true", help="measure everything again, ignoring the kept results")
     p.add_argument("--empty", action="store_true", help="write the page with empty tables (no GPU has run it)")

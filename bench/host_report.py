@@ -57,7 +57,8 @@ def optimizer_lines(backend, res):
 
 def resnet50_lines(backend, res, size):
     lines = ["## 2. ResNet-50 per GPU", "",
-             f"ResNet-{size['depth']} at {size['image']} px{'' if size['depth'] == 50 else ' (a toy in place of ResNet-50)'}, "
+             f"ResNet-{size['depth']} at {size['image']} px"
+             f"{'' if size['depth'] == 50 else ' (a toy in place of ResNet-50)'}, "
              f"synthetic data already on the device, batch {size['batch']}, `model.train_on_batch`"
              f"{' (XLA: the whole step)' if backend == 'jax' else ' (eager PyTorch)'}.", ""]
     missing = _missing(res)

@@ -170,8 +170,9 @@ def test_accumulation_with_a_changing_k_matches_numpy():
     step, SNGM at an examples-following schedule's rate, the noise-scale averages and the
     examples count against NumPy; float16's overflowed update skipped as a whole."""
     env = {**os.environ, "PYTHONPATH": ROOT, **JAX}
-    proc = subprocess.run([sys.executable, "-c", HIDE_TF + "import runpy; runpy.run_path('tests/accumulation_check.py', "
-                           "run_name='__main__')"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    script = "import runpy; runpy.run_path('tests/accumulation_check.py', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", HIDE_TF + script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
     a = out["adaptive"]

@@ -58,7 +58,8 @@ class Config:
                            "the measured gradient noise scale B_simple (--batch-min .. --batch-max)", parse=batch_size_arg)
     batch_min: int = knob(0, "with --batch-size auto, the starting batch (required): a multiple of workers x "
                           "micro-batch, at least two micro-batches over all workers (the noise scale needs two batch "
-                          "sizes; on --engine jax two per update, each already the mean over the workers); the lr schedule is that of a fixed batch of this size, followed in examples")
+                          "sizes; on --engine jax two per update, each already the mean over the workers); the lr "
+                          "schedule is that of a fixed batch of this size, followed in examples")
     batch_max: int = knob(0, "with --batch-size auto, the largest batch (required; a multiple of workers x micro-batch)")
     adapt_every: int = knob(50, "with --batch-size auto, updates between decisions. The rule: no decision while the "
                             "noise estimate is unresolved (|G|^2 <= 0) or holds under 20 updates; target = "

@@ -106,7 +106,8 @@ def _plan(cfg, task_cls, eng):
     workers = size * local
     auto = config.adaptive(cfg)
     if auto:  # the real worker count (validate read horovodrun's environment)
-        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch, eng.smallest_gradient(cfg.micro_batch))
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch,
+                            eng.smallest_gradient(cfg.micro_batch))
     batch = cfg.batch_min if auto else cfg.batch_size  # the batch of the first update
     k = check_batch(batch, workers, cfg.micro_batch, config.workers_text(size, local))
     if k % cfg.steps_per_execution:

@@ -59,8 +59,9 @@ class ExamplesSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """`schedule` (over updates of `ref_batch` examples) read at the examples seen before
     the update, times the `gain` of the current batch.
 
-    `bind(optimizer)` attaches the engine's optimizer (`keras_sngm_trainers.distributed.DistributedOptimizer(adaptive=True)`
-    or `keras_sngm_trainers.accumulation.Accumulation`), whose `traced_position`,
+    `bind(optimizer)` attaches the engine's optimizer
+    (`keras_sngm_trainers.distributed.DistributedOptimizer(adaptive=True)` or
+    `keras_sngm_trainers.accumulation.Accumulation`), whose `traced_position`,
     `traced_batch_size` and noise estimates it reads; Keras then evaluates it
     inside the traced update, as any schedule. `used()` is the rate of the update just made.
 

@@ -22,5 +22,6 @@ if _spec is not None:
             del sys.modules[_name]
         _stub = types.ModuleType("torchvision")
         _stub.__path__, _stub.__spec__ = list(_spec.submodule_search_locations), _spec
-        _stub.__version__ = importlib.metadata.version("torchvision") + " (models only: its C extension does not load here)"
+        _stub.__version__ = (importlib.metadata.version("torchvision")
+                             + " (models only: its C extension does not load here)")
         sys.modules["torchvision"] = _stub
