@@ -174,26 +174,30 @@ def measure_allreduce(r, size, facts, processes):
                      for s in record["sizes"]]}
 
 
+def trainer_update(r, cmd):
+    """Runs the `sngm-train` command `cmd` with a temporary --logdir; (its median update in
+    seconds, one micro-batch per update, and the updates timed), from its timing.json."""
+    logdir = tempfile.mkdtemp(prefix="sngm-bench-gpu-")
+    try:
+        r.run(cmd + ["--logdir", logdir, "--no-verbose"])
+        timing = json.load(open(os.path.join(logdir, "timing.json")))
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    return timing["by_micro_batches"]["1"]["update_seconds"], timing["updates_timed"]
+
+
 def measure_scaling(r, size, facts, processes):
     rows = []
     for k in worker_counts(processes):
-        logdir = tempfile.mkdtemp(prefix=f"sngm-bench-gpu-scale{k}-")
         b = size["batch"]
-        cmd = horovodrun(k) + [
+        seconds, timed = trainer_update(r, horovodrun(k) + [
             os.path.join(BIN, "sngm-train"), "resnet", "--dataset", "synthetic", "--depth", str(size["depth"]),
             "--image-size", str(size["image"]), "--num-classes", str(size["classes"]),
             "--train-subset", str(b * k * size["steps_per_epoch"]), "--batch-size", str(b * k), "--micro-batch", str(b),
             "--optimizer", "sngm", "--lr", "0.1", "--epochs", str(size["epochs"]),
-            "--precision", size["precision"], "--xla" if size["xla"] else "--no-xla", "--no-augment",
-            "--logdir", logdir, "--no-verbose"]
-        try:
-            r.run(cmd)
-            timing = json.load(open(os.path.join(logdir, "timing.json")))
-        finally:
-            shutil.rmtree(logdir, ignore_errors=True)
-        seconds = timing["by_micro_batches"]["1"]["update_seconds"]
+            "--precision", size["precision"], "--xla" if size["xla"] else "--no-xla", "--no-augment"])
         rows.append({"gpus": k, "global_batch": b * k, "ms": 1e3 * seconds, "images_per_s": b * k / seconds,
-                     "updates_timed": timing["updates_timed"]})
+                     "updates_timed": timed})
     plain = r.cell("plain_fit", {k: size[k] for k in ("depth", "image", "classes", "batch", "precision", "warmup",
                                                       "steps")} | {"examples": size["batch"] * size["steps_per_epoch"]})
     return {**{k: size[k] for k in ("batch", "precision", "xla", "depth", "image")}, "rows": rows, "plain_fit": plain}

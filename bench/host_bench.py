@@ -28,9 +28,7 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +37,7 @@ sys.path[:0] = [HERE, ROOT]
 
 import gpu_host  # noqa: E402
 import host_report  # noqa: E402
-from gpu_bench import OutOfTime, Runner, measure_sections  # noqa: E402
+from gpu_bench import OutOfTime, Runner, measure_sections, trainer_update  # noqa: E402
 
 SECTIONS = {"jax": ("optimizer", "resnet50", "trainers"), "torch": ("optimizer", "resnet50")}
 NEEDS = {"jax": ("jax", "JAX", "optax"), "torch": ("torch", "PyTorch", "torchvision")}
@@ -104,19 +102,14 @@ def measure_resnet50(r, size, backend):
 def measure_trainers(r, size, backend):
     """`sngm-train resnet --engine jax` (its timing.json: the median update) against a plain
     model.fit of the same model, precision, optimizer and batch."""
-    b, logdir = size["batch"], tempfile.mkdtemp(prefix="sngm-bench-host-")
-    cmd = [sys.executable, "-c", CLI, "resnet", "--engine", "jax", "--dataset", "synthetic", "--depth",
-           str(size["depth"]), "--image-size", str(size["image"]), "--num-classes", str(size["classes"]),
-           "--train-subset", str(b * size["steps_per_epoch"]), "--batch-size", str(b), "--micro-batch", str(b),
-           "--optimizer", "sngm", "--lr", "0.1", "--weight-decay", "0", "--epochs", str(size["epochs"]),
-           "--precision", size["precision"], "--no-augment", "--logdir", logdir, "--no-verbose"]
-    try:
-        r.run(cmd)
-        timing = json.load(open(os.path.join(logdir, "timing.json")))
-    finally:
-        shutil.rmtree(logdir, ignore_errors=True)
-    seconds = timing["by_micro_batches"]["1"]["update_seconds"]
-    trainer = {"ms": 1e3 * seconds, "images_per_s": b / seconds, "updates_timed": timing["updates_timed"]}
+    b = size["batch"]
+    seconds, timed = trainer_update(r, [
+        sys.executable, "-c", CLI, "resnet", "--engine", "jax", "--dataset", "synthetic", "--depth", str(size["depth"]),
+        "--image-size", str(size["image"]), "--num-classes", str(size["classes"]),
+        "--train-subset", str(b * size["steps_per_epoch"]), "--batch-size", str(b), "--micro-batch", str(b),
+        "--optimizer", "sngm", "--lr", "0.1", "--weight-decay", "0", "--epochs", str(size["epochs"]),
+        "--precision", size["precision"], "--no-augment"])
+    trainer = {"ms": 1e3 * seconds, "images_per_s": b / seconds, "updates_timed": timed}
     plain = r.cell("plain_fit", size)
     return {**{k: size[k] for k in ("batch", "depth", "image", "precision")}, "trainer": trainer, "plain_fit": plain}
 
