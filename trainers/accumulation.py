@@ -77,15 +77,14 @@ class Accumulation(Wrapper, keras.optimizers.Optimizer):
             return
         self.inner_optimizer.build(var_list)
         self.accumulators = [self.add_variable_from_reference(v, name="accumulator") for v in var_list]
-        count = self._count
-        self.accumulation = count("accumulation", self.accumulation_steps)  # k
-        self.micro_step = count("micro_step")  # micro-batches summed in the update in progress
-        self.rounds = count("rounds")  # train steps of the updates done: examples = rounds x examples_per_micro
-        self.skipped_steps = count("skipped_steps")
+        self.accumulation = self._count("accumulation", self.accumulation_steps)  # k
+        self.micro_step = self._count("micro_step")  # micro-batches summed in the update in progress
+        self.rounds = self._count("rounds")  # train steps of the updates done: examples = rounds x examples_per_micro
+        self.skipped_steps = self._count("skipped_steps")
         if self.dynamic_loss_scale:
             self.loss_scale = self.add_variable(shape=(), dtype="float32", name="loss_scale",
                                                 initializer=keras.initializers.Constant(self.initial_scale))
-            self.good_steps = count("good_steps")
+            self.good_steps = self._count("good_steps")
         self.noise = NoiseScaleEstimator(self.examples_per_micro, 2, self.add_variable, self.noise_ema)
         super().build(var_list)
 
