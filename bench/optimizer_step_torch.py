@@ -1,8 +1,10 @@
-"""Milliseconds per optimizer update on the PyTorch backend: Keras SGD(momentum=0.9), SNGM,
-BlockSNGM, LARS and MSGD through `optimizer.apply` (what `model.fit` calls on PyTorch, which
-runs eagerly), on the ResNet-50-like variables of bench/optimizer_step.py, beside PyTorch's own
-`torch.optim.SGD(momentum=0.9)` with `foreach=True` and with `fused=True` on the same tensors.
-Measured round-robin in one run; prints each one's ratio to Keras SGD.
+"""Milliseconds per optimizer update on the PyTorch backend, and the bytes each optimizer
+holds: Keras SGD(momentum=0.9), SNGM, BlockSNGM, LARS and MSGD through `optimizer.apply` with
+the gradients as `model.fit` passes them on PyTorch (each variable's own `.grad`, eager), on
+the ResNet-50-like variables of bench/optimizer_step.py, beside SNGM given tensors the caller
+still owns (which it copies) and PyTorch's own `torch.optim.SGD(momentum=0.9)` with
+`foreach=True` and with `fused=True`. Measured round-robin in one run; prints each one's
+ratio to Keras SGD, in time and in memory held (variables, momentum and any buffers).
 
     KERAS_BACKEND=torch .venv/bin/python bench/optimizer_step_torch.py [--repeats 15] [--device cuda]
 """
@@ -21,9 +23,10 @@ from _common import FLOATS_PER_PARAM, resnet50_like_shapes, round_robin  # noqa:
 from keras_sngm import LARS, MSGD, SNGM, BlockSNGM  # noqa: E402
 
 KERAS = {"Keras SGD": lambda: keras.optimizers.SGD(0.1, momentum=0.9), "SNGM": lambda: SNGM(0.1),
-         "BlockSNGM": lambda: BlockSNGM(0.1), "LARS": lambda: LARS(0.1), "MSGD": lambda: MSGD(0.1)}
+         "BlockSNGM": lambda: BlockSNGM(0.1), "LARS": lambda: LARS(0.1), "MSGD": lambda: MSGD(0.1),
+         "SNGM, caller's tensors": lambda: SNGM(0.1)}
 TORCH = {"torch.optim.SGD foreach": {"foreach": True}, "torch.optim.SGD fused": {"fused": True}}
-BYTES = {"Keras SGD": "SGD", "SNGM": "SNGM", "BlockSNGM": "BlockSNGM", "LARS": "LARS", "MSGD": "SGD",
+BYTES = {"Keras SGD": "SGD", "SNGM": "SNGM", "SNGM, caller's tensors": "SNGM", "BlockSNGM": "BlockSNGM", "LARS": "LARS", "MSGD": "SGD",
          "torch.optim.SGD foreach": "SGD", "torch.optim.SGD fused": "SGD"}
 
 
@@ -32,10 +35,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def held_bytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
 def keras_cell(name, shapes, grads, device):
+    """(run, bytes held). Unless the caller keeps them, the gradients are the variables' own
+    `.grad` tensors, as Keras' PyTorch train step passes them."""
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in shapes]
     opt = KERAS[name]()
+    if "caller" not in name:
+        for v, g in zip(variables, grads):
+            v.value.grad = g.clone()
+        grads = [v.value.grad for v in variables]
 
     def run():
         opt.apply(grads, variables)
@@ -43,7 +56,9 @@ def keras_cell(name, shapes, grads, device):
 
     for _ in range(3):
         run()
-    return run
+    buffers = [t for store in getattr(opt, "_torch_buffers", {}).values()
+               for t in (store.values() if isinstance(store, dict) else [store])]
+    return run, held_bytes([v.value for v in opt.variables] + buffers)
 
 
 def torch_cell(name, shapes, grads, device):
@@ -59,7 +74,7 @@ def torch_cell(name, shapes, grads, device):
 
     for _ in range(3):
         run()
-    return run
+    return run, held_bytes([t for state in opt.state.values() for t in state.values()])
 
 
 def main():
@@ -77,16 +92,17 @@ def main():
     grads = [torch.as_tensor(rng.normal(size=s).astype("float32"), device=args.device) for s in shapes]
     print(f"PyTorch {torch.__version__} on {args.device}, Keras {keras.__version__}: {len(shapes)} variables, "
           f"{n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
-    cells = {name: keras_cell(name, shapes, grads, args.device) for name in KERAS}
-    cells.update({name: torch_cell(name, shapes, grads, args.device) for name in TORCH})
-    times = round_robin(cells, args.repeats)
-    base = 1e3 * float(np.median(times["Keras SGD"]))
-    print("| optimizer (PyTorch, eager) | ms / update | ratio to Keras SGD | effective GB/s |")
-    print("| --- | ---: | ---: | ---: |")
-    for name in cells:
+    made = {name: keras_cell(name, shapes, grads, args.device) for name in KERAS}
+    made.update({name: torch_cell(name, shapes, grads, args.device) for name in TORCH})
+    times = round_robin({name: run for name, (run, _) in made.items()}, args.repeats)
+    base, base_bytes = 1e3 * float(np.median(times["Keras SGD"])), made["Keras SGD"][1]
+    print("| optimizer (PyTorch, eager) | ms / update | ratio to Keras SGD | effective GB/s | MB held | "
+          "held vs Keras SGD |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, (_, held) in made.items():
         ms = 1e3 * float(np.median(times[name]))
         gbs = FLOATS_PER_PARAM[BYTES[name]] * 4 * n_params / (ms * 1e-3) / 1e9
-        print(f"| {name} | {ms:.1f} | {ms / base:.2f} | {gbs:.1f} |")
+        print(f"| {name} | {ms:.1f} | {ms / base:.2f} | {gbs:.1f} | {held / 1e6:.2f} | {held / base_bytes:.4f} |")
 
 
 if __name__ == "__main__":

@@ -372,7 +372,8 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
 
     def diagnostics(self):
         """The latest diagnostics as NumPy values: grad_norm (||g_t||, after L2 decay),
-        momentum_norm (||u_t||), momentum_norm_bound (1/(1-beta)), update_norm
+        momentum_norm (||u_t||), momentum_norm_bound (the bound on ||u_t|| this
+        optimizer's rule guarantees, `momentum_norm_bound()`; None where it has none), update_norm
         (||w_{t+1} - w_t||), skipped_steps, and the per-variable vectors of
         `per_variable_diagnostics` (in `optimizer.variables` order of the model's
         trainable variables). momentum_norm is read from the momentum now (exact
@@ -386,8 +387,14 @@ class NormalizedMomentumOptimizer(keras.optimizers.Optimizer):
         `keras_sngm.diagnostics(model.optimizer)`."""
         out = {k: ops.convert_to_numpy(v.value) for k, v in self._state.items()}
         out["momentum_norm"] = float(ops.sqrt(sum(squared_norm(u.value) for u in self.momentums)))
-        out["momentum_norm_bound"] = 1.0 / (1.0 - self.momentum)
+        out["momentum_norm_bound"] = self.momentum_norm_bound()
         return out
+
+    def momentum_norm_bound(self):
+        """The bound on ||u_t|| that the update rule guarantees whatever the gradients,
+        or None where it has none (the default: a direction whose length follows the
+        gradient's or the weights' size, as in MSGD and LARS)."""
+        return None
 
     def _apply(self, grads, variables, momenta, scales, finite, learning_rate, indices):
         """One elementwise pass per variable (XLA-fused on TensorFlow): read g, u, w;

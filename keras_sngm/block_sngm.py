@@ -1,5 +1,7 @@
 """Block-wise SNGM: SNGM with the norm taken per variable."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -60,3 +62,9 @@ class BlockSNGM(NormalizedMomentumOptimizer):
 
     def _scales(self, grad_norms, weight_norms, indices):
         return ops.where(grad_norms > 0, 1.0 / ops.maximum(grad_norms, 1e-30), 0.0)  # eq. (13): g_s / ||g_s||
+
+    def momentum_norm_bound(self):
+        """Lemma 2 per block: ||u_s|| <= 1/(1-beta) for each of the S variables, so the whole
+        momentum ||u_t|| <= sqrt(S)/(1-beta) (approached when each block's direction stays
+        the same), not SNGM's 1/(1-beta)."""
+        return math.sqrt(len(self.momentums)) / (1.0 - self.momentum) if self.built else None

@@ -50,7 +50,7 @@ def optimizer_values(optimizer, learning_rate, batch_size=None):
     scalars, hists = {}, {}
     if inner is not None:
         d = inner.diagnostics()
-        scalars = {k: float(d[k]) for k in OPTIMIZER_STATE}
+        scalars = {k: float(d[k]) for k in OPTIMIZER_STATE if d.get(k) is not None}  # (no bound: none)
         hists = {k: d[k] for k in inner.per_variable_diagnostics}
     moving = inner if inner is not None else optimizer
     beta = float(getattr(moving, "momentum", 0.0) or 0.0)

@@ -77,6 +77,10 @@ class SNGM(NormalizedMomentumOptimizer):
 
     uniform_scale = True  # one factor, 1/||g||, for every variable
 
+    def momentum_norm_bound(self):
+        """Lemma 2: ||d_t|| <= 1, so ||u_t|| <= sum_k beta^k = 1/(1-beta)."""
+        return 1.0 / (1.0 - self.momentum)
+
     def _scales(self, grad_norms, weight_norms, indices):
         norm = ops.sqrt(ops.sum(ops.square(grad_norms)))             # ||g_t|| over all variables
         c = ops.where(norm > 0, 1.0 / ops.maximum(norm, 1e-30), 0.0)  # eq. (7): d = g / ||g||; 0 if g = 0

@@ -15,8 +15,11 @@ import numpy as np
 
 DIAGNOSTICS = {
     "grad_norm": "||g_t||: global norm of the averaged gradient this update used (after L2 weight decay)",
-    "momentum_norm": "||u_t||: norm of the momentum after this update (SNGM: at most momentum_norm_bound, Lemma 2)",
-    "momentum_norm_bound": "1/(1-beta): Lemma 2's bound on ||u_t|| for the normalized optimizers",
+    "momentum_norm": "||u_t||: norm of the momentum after this update (at most momentum_norm_bound where the "
+                     "optimizer has one)",
+    "momentum_norm_bound": "the bound on ||u_t|| the update rule guarantees: 1/(1-beta) for SNGM (Lemma 2), "
+                           "sqrt(S)/(1-beta) over S variables for BlockSNGM (Lemma 2 per block); LARS and momentum "
+                           "SGD have none, and write none",
     "update_norm": "||w_t - w_(t+1)||: the step this update took (for SNGM lr*||u_t||, its effective learning rate)",
     "skipped_steps": "updates skipped so far for a non-finite gradient, after this update",
     "effective_lr": "lr/(1-beta): momentum SGD's effective learning rate for this update",
@@ -46,7 +49,7 @@ STEP = {
 CHARTS = {
     "large batch": [
         ("B_simple (critical batch estimate) and the batch in use", ["^diagnostics/noise_scale$", "^step/batch_size$"]),
-        ("||u|| and its Lemma 2 bound 1/(1-beta)", ["^diagnostics/momentum_norm$", "^diagnostics/momentum_norm_bound$"]),
+        ("||u|| and its bound (SNGM: Lemma 2, 1/(1-beta))", ["^diagnostics/momentum_norm$", "^diagnostics/momentum_norm_bound$"]),
         ("learning rate, the step taken ||w_t - w_(t+1)|| and momentum SGD's lr/(1-beta)",
          ["^step/learning_rate$", "^diagnostics/update_norm$", "^diagnostics/effective_lr$"]),
     ],

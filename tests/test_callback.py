@@ -57,6 +57,9 @@ def fitted(request, tmp_path_factory):
     return out
 
 
+BOUNDS = {"SNGM": 10.0, "BlockSNGM": 2 * 10.0}  # 1/(1-0.9); sqrt(4 variables)/(1-0.9)
+
+
 @pytest.mark.parametrize("name", ["SNGM", "BlockSNGM", "LARS", "MSGD"])
 def test_scalars_equal_the_optimizers_diagnostics_at_the_same_update(fitted, name):
     records = json.loads((fitted / "records.json").read_text())[name]
@@ -65,7 +68,7 @@ def test_scalars_equal_the_optimizers_diagnostics_at_the_same_update(fitted, nam
     assert steps == list(range(1, 21, callback_fit.EVERY)), steps  # 2 epochs of 10 updates
     for step in steps:
         d = records["records"][str(step)]
-        for tag in ("grad_norm", "momentum_norm", "momentum_norm_bound", "skipped_steps"):
+        for tag in ("grad_norm", "momentum_norm", "skipped_steps") + (("momentum_norm_bound",) if name in BOUNDS else ()):
             assert scalars[f"diagnostics/{tag}"][step] == pytest.approx(d[tag], rel=1e-6), (tag, step)
         # the step length at the update the optimizer measured it (here: the same one)
         assert d["refreshed_at_update"] == step
@@ -74,8 +77,12 @@ def test_scalars_equal_the_optimizers_diagnostics_at_the_same_update(fitted, nam
     assert scalars["step/learning_rate"][1] == pytest.approx(0.05)
     assert min(scalars["diagnostics/grad_norm"].values()) > 0
     bound = 1 / (1 - 0.9)
-    if name != "MSGD":  # Lemma 2
-        assert max(scalars["diagnostics/momentum_norm"].values()) <= bound * (1 + 1e-6)
+    if name in BOUNDS:  # Lemma 2: 1/(1-beta); per block for BlockSNGM, so sqrt(S)/(1-beta) over its 4 variables
+        assert all(v == pytest.approx(BOUNDS[name]) for v in scalars["diagnostics/momentum_norm_bound"].values())
+        assert max(scalars["diagnostics/momentum_norm"].values()) <= BOUNDS[name] * (1 + 1e-6)
+    else:  # LARS and MSGD have no bound, and none is written
+        assert "diagnostics/momentum_norm_bound" not in scalars and records["records"]["1"]["momentum_norm_bound"] is None
+    if name != "MSGD":
         assert "diagnostics/effective_lr" not in scalars
     else:
         assert scalars["diagnostics/effective_lr"][1] == pytest.approx(0.05 * bound)
@@ -91,7 +98,7 @@ def test_scalars_equal_the_optimizers_diagnostics_at_the_same_update(fitted, nam
     # k = 4 micro-batches of 8: the noise scale is there (its values: the least-squares test)
     assert len(scalars["diagnostics/noise_scale"]) == len(steps) and not records["warnings"]
     # the layout pairs what is read together
-    assert charts["||u|| and its Lemma 2 bound 1/(1-beta)"] == ["^diagnostics/momentum_norm$",
+    assert charts["||u|| and its bound (SNGM: Lemma 2, 1/(1-beta))"] == ["^diagnostics/momentum_norm$",
                                                                  "^diagnostics/momentum_norm_bound$"]
     assert ["^diagnostics/noise_scale$", "^step/batch_size$"] in charts.values()
     assert ["^step/learning_rate$", "^diagnostics/update_norm$", "^diagnostics/effective_lr$"] in charts.values()

@@ -127,6 +127,26 @@ def test_run_directory_has_config_checkpoints_and_tensorboard(tmp_path):
         0.3 * (1 - 7 / 16) ** 1.1, rel=1e-5)
 
 
+def test_micro_batch_unset_is_the_papers_rule(tmp_path):
+    """--micro-batch unset: each worker computes B/workers examples in one pass, and
+    accumulates micro-batches of 128 only above that (the paper's protocol). --batch-size 64
+    on one process trains in one pass of 64; 256 is two micro-batches of 128."""
+    from keras_sngm_trainers import config
+
+    rule = {(64, 1): 64, (256, 1): 128, (4096, 8): 128, (64, 2): 32, (8192, 8): 1024}
+    for (batch, workers), micro in rule.items():
+        task = "deepfm" if batch == 8192 else "resnet"
+        got = config.micro_batch_of(config.dataclasses.replace(config.defaults(task), batch_size=batch), task, workers)
+        assert got == micro, (batch, workers, got)
+    flags = [f for f in SMALL if f not in ("--micro-batch", "16")]
+    run = tmp_path / "run"
+    proc = sngm_train(flags[:flags.index("--batch-size")] + ["--batch-size", "64", "--epochs", "1", "--logdir", str(run)]
+                      + flags[flags.index("--batch-size") + 2:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = json.load(open(run / "config.json"))
+    assert (cfg["micro_batch"], cfg["micro_batches_per_update"], cfg["updates_per_epoch"]) == (64, 1, 2)
+
+
 SAVER = r'''
 import os, sys, time
 import numpy as np, keras

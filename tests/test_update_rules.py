@@ -129,6 +129,42 @@ def test_lemma2_momentum_norm_bounded():
     assert np.sqrt(sum(np.sum(m.numpy() ** 2) for m in opt.momentums)) > 0.99 * bound
 
 
+@pytest.mark.parametrize("cls", [SNGM, BlockSNGM, LARS, MSGD])
+def test_each_optimizer_reports_the_bound_its_rule_has(cls):
+    """The bound `diagnostics()` reports against the NumPy statement of each rule, over 100
+    updates of two variables: SNGM's ||u|| stays under 1/(1-beta) (Lemma 2); BlockSNGM's
+    blocks each stay under it, so the whole momentum reaches past it towards sqrt(2)/(1-beta);
+    LARS and MSGD grow with the weights or the gradient: they report none."""
+    beta, rng = 0.9, np.random.default_rng(3)
+    variables = [keras.Variable(np.ones((3,), "float32")), keras.Variable(np.ones((2, 2), "float32"))]
+    opt = cls(learning_rate=1e-3, momentum=beta, **({"trust_coefficient": 1.0} if cls is LARS else {}))
+    w = [v.numpy().astype("float64") for v in variables]
+    u = [np.zeros_like(x) for x in w]
+    step = {SNGM: ref.sngm_step, BlockSNGM: ref.block_sngm_step, LARS: lambda *a: ref.lars_step(*a, eta=1.0),
+            MSGD: None}[cls]
+    norms = []
+    for t in range(100):  # one sign per block, a size per update between 1e-3 and 1e3: the blocks' directions agree
+        g = [np.full(x.shape, 10.0 ** rng.uniform(-3, 3) * (1 if k == 0 else -1)) for k, x in enumerate(w)]
+        opt.apply([ops.convert_to_tensor(x.astype("float32")) for x in g], variables)
+        if step is None:
+            u = [beta * a + b for a, b in zip(u, g)]
+        else:
+            w, u = step(w, u, g, 1e-3, beta)
+        norms.append(np.sqrt(sum(np.sum(x * x) for x in u)))
+    np.testing.assert_allclose(opt.diagnostics()["momentum_norm"], norms[-1], rtol=1e-4)
+    bound = opt.diagnostics()["momentum_norm_bound"]
+    if cls is SNGM:
+        assert bound == pytest.approx(1 / (1 - beta)) and max(norms) <= bound * (1 + 1e-9)
+        assert norms[-1] > 0.99 * bound
+    elif cls is BlockSNGM:
+        assert bound == pytest.approx(np.sqrt(2) / (1 - beta)) and max(norms) <= bound * (1 + 1e-9)
+        assert norms[-1] > 0.99 * bound > 1.4 / (1 - beta)  # past SNGM's 1/(1-beta): 14.14 against 10
+    else:  # no bound: MSGD's ||u|| follows ||g|| (here past 1/(1-beta) by far), LARS's follows ||w||
+        assert bound is None
+        if cls is MSGD:
+            assert max(norms) > 100 / (1 - beta)
+
+
 def _minimize_1d(opt, x0, steps):
     x = keras.Variable(np.array([x0], "float32"))
     for _ in range(steps):
@@ -279,7 +315,8 @@ def test_optimizer_diagnostics_match_reference(cls, mode):
         np.testing.assert_allclose(d["momentum_norm"], np.sqrt(sum(np.sum(x * x) for x in u)), rtol=1e-5)
         step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(w_before, w)))
         np.testing.assert_allclose(d["update_norm"], step, rtol=1e-4)
-        assert d["momentum_norm_bound"] == pytest.approx(10.0)
+        assert d["momentum_norm_bound"] == ({SNGM: pytest.approx(10.0), BlockSNGM: pytest.approx(10.0 * np.sqrt(2))}
+                                            .get(cls))  # LARS: none
         if cls is not SNGM:
             np.testing.assert_allclose(d["block_grad_norms"], [np.linalg.norm(x) for x in g_eff], rtol=1e-5)
         if cls is LARS:

@@ -139,3 +139,49 @@ def test_a_schedule_and_keras_loss_scale_optimizer():
         w, u = ref.sngm_step(w, u, [x.astype("float64") for x in g], 0.1 * 0.5 ** t, 0.9)
     for a, b in zip(vs, w):
         np.testing.assert_allclose(a.numpy(), b, rtol=2e-5, atol=2e-6)
+
+
+def _held_bytes(opt):
+    """What the optimizer holds: its variables and its PyTorch buffers."""
+    import torch
+
+    tensors = [v.value for v in opt.variables]
+    for store in opt._torch_buffers.values():
+        tensors += list(store.values()) if isinstance(store, dict) else [store]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+@pytest.mark.parametrize("name", ["SNGM", "BlockSNGM", "LARS"])
+def test_own_grad_is_written_in_place_and_a_callers_tensor_never(name, mode):
+    """As `model.fit` passes them (each variable's own `.grad`, which Keras zeroes before the
+    next step) the gradients are scaled in place and the optimizer allocates no buffer;
+    tensors the caller still owns are copied and left bit for bit as they were. Both land on
+    the NumPy reference, and both hold the same weights afterwards."""
+    import torch
+
+    grads = [g for i, g in enumerate(_grads(5)) if i != 3]
+    kw = dict(learning_rate=0.1, momentum=0.9, weight_decay=0.1, weight_decay_mode=mode, weight_decay_exclude=["bias"])
+    own_opt, own_vs = CASES[name][0](**kw), _variables()
+    copy_opt, copy_vs = CASES[name][0](**kw), _variables()
+    for g in grads:
+        for v, x in zip(own_vs, g):  # as after loss.backward(): the gradient lives on the parameter
+            v.value.grad = torch.as_tensor(x.copy())
+        own = [v.value.grad for v in own_vs]
+        pointers = [t.data_ptr() for t in own]
+        own_opt.apply(own, own_vs)
+        assert [t.data_ptr() for t in own] == pointers and all(v.value.grad is t for v, t in zip(own_vs, own))
+        theirs = [torch.as_tensor(x.copy()) for x in g]
+        copy_opt.apply(theirs, copy_vs)
+        for t, x in zip(theirs, g):  # the caller's tensors: never written
+            np.testing.assert_array_equal(t.numpy(), x)
+    assert any(not np.array_equal(t.numpy(), x) for t, x in zip(own, grads[-1]))  # really scaled in place
+    assert not any(isinstance(s, dict) and s for s in own_opt._torch_buffers.values())  # no copy made
+    variable_bytes = sum(int(np.prod(s)) * 4 for s in SHAPES.values())
+    assert _held_bytes(copy_opt) - _held_bytes(own_opt) == variable_bytes  # the copy: one buffer per variable
+    w, u = _reference(name, grads, mode, False)
+    for a, b, c in zip(own_vs, copy_vs, w):
+        np.testing.assert_allclose(a.numpy(), c, rtol=2e-5, atol=2e-6)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(own_opt.momentums, u):
+        np.testing.assert_allclose(a.numpy(), b, rtol=2e-5, atol=2e-6)

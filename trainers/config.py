@@ -75,11 +75,13 @@ class Config:
                            "as linear does past the critical batch; none for sngm, block_sngm and lars, whose step "
                            "length lr*||u|| <= lr/(1-beta) does not depend on B (they refuse any other)",
                            choices=("default", "none", "linear", "sqrt", "adascale"))
-    micro_batch: int = knob(128, {
-        "resnet": "examples per worker per forward pass; B/(workers x micro-batch) are accumulated (the paper's "
-                  "ImageNet runs: 128)",
-        "deepfm": "examples per worker per forward pass; B/(workers x micro-batch) are accumulated (memory is rarely "
-                  "the limit for DeepFM: a larger micro-batch means fewer passes)"})
+    micro_batch: int = knob(0, {
+        "resnet": "examples per worker per forward pass; B/(workers x micro-batch) are accumulated. 0 = the paper's "
+                  "rule, min(128, B/workers): each worker computes its B/workers examples in one pass, and "
+                  "accumulates micro-batches of 128 only above that (with --batch-size auto: 128)",
+        "deepfm": "examples per worker per forward pass; B/(workers x micro-batch) are accumulated. 0 = min(1024, "
+                  "B/workers) (memory is rarely the limit for DeepFM: a larger micro-batch means fewer passes; with "
+                  "--batch-size auto: 1024)"})
     lr: float = knob(1.6, "peak learning rate for the global batch (SNGM's step length is lr*||u|| <= lr/(1-beta))")
     schedule: str = knob("poly", {
         "resnet": "the paper's image runs use poly-power or cosine, without warm-up",
@@ -226,13 +228,27 @@ class Config:
 # Each task's own recipe where it differs from ResNet's.
 TASK_DEFAULTS = {
     "resnet": {},
-    "deepfm": dict(batch_size=8192, micro_batch=1024, lr=0.1, weight_decay=0.0, epochs=5, schedule="cosine",
+    "deepfm": dict(batch_size=8192, lr=0.1, weight_decay=0.0, epochs=5, schedule="cosine",
                    shuffle_buffer=100_000),
 }
 
 
 def adaptive(cfg):
     return cfg.batch_size == "auto"
+
+
+# The largest micro-batch `--micro-batch 0` picks, per task.
+MICRO_BATCH_CAP = {"resnet": 128, "deepfm": 1024}
+
+
+def micro_batch_of(cfg, task, workers):
+    """`--micro-batch` as given, or where it is 0 the paper's rule: each of `workers` computes
+    its B/workers examples in one pass, in micro-batches of at most the task's cap (the cap
+    itself with --batch-size auto, whose batch changes)."""
+    if cfg.micro_batch:
+        return cfg.micro_batch
+    cap = MICRO_BATCH_CAP[task]
+    return cap if adaptive(cfg) else max(1, min(cap, cfg.batch_size // max(workers, 1)))
 
 
 LR_SCALED = ("msgd", "adam", "lamb")  # the optimizers whose step length grows with the gradient's size
@@ -387,11 +403,11 @@ def validate(cfg, task):
         return isinstance(x, (int, float)) and math.isfinite(x)
 
     _check_engine(cfg, need)
-    _check_adaptive(cfg, need, finite)
-    for name in ("micro_batch", "epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
+    _check_adaptive(cfg, task, need, finite)
+    for name in ("epochs", "ckpt_every", "log_every", "eval_batch", "commit_every",
                  "steps_per_execution"):
         need(getattr(cfg, name) >= 1, name, "must be >= 1")
-    for name in ("threads", "steps_per_epoch", "stop_after", "stop_after_updates", "keep", "diagnostics_every", "seed",
+    for name in ("micro_batch", "threads", "steps_per_epoch", "stop_after", "stop_after_updates", "keep", "diagnostics_every", "seed",
                  "shuffle_buffer", "ckpt_every_steps"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
     need(finite(cfg.lr) and cfg.lr > 0, "lr", "must be a positive number")
@@ -482,7 +498,7 @@ def _check_engine(cfg, need):
          "step there (use --engine horovod, or msgd, sngm, block_sngm or lars, which skip such steps themselves)")
 
 
-def _check_adaptive(cfg, need, finite):
+def _check_adaptive(cfg, task, need, finite):
     """--batch-size auto and its knobs (the worker count from horovodrun's environment)."""
     if not adaptive(cfg):
         need(cfg.batch_size >= 1, "batch_size", "must be >= 1 or 'auto'")
@@ -490,8 +506,8 @@ def _check_adaptive(cfg, need, finite):
             need(not getattr(cfg, name), name, "is used only with --batch-size auto")
         need(cfg.lr_scaling == "default", "lr_scaling", "is used only with --batch-size auto (a fixed batch keeps "
              "--lr as given)")
-        if cfg.micro_batch >= 1:
-            check_batch(cfg.batch_size, workers_from_env(), cfg.micro_batch)  # before any import or data
+        if cfg.micro_batch >= 0:  # before any import or data
+            check_batch(cfg.batch_size, workers_from_env(), micro_batch_of(cfg, task, workers_from_env()))
         known = _known_train_examples(cfg)
         if known > 0 and cfg.batch_size > known:
             raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {known} training examples "
@@ -501,13 +517,14 @@ def _check_adaptive(cfg, need, finite):
 
     for name in ("batch_min", "batch_max"):
         need(getattr(cfg, name) >= 1, name, "is required with --batch-size auto (a positive number of examples)")
-    need(cfg.micro_batch >= 1, "micro_batch", "must be >= 1")
+    need(cfg.micro_batch >= 0, "micro_batch", "must be >= 0")
     need(cfg.adapt_every >= 1, "adapt_every", "must be >= 1")
     need(finite(cfg.adapt_factor) and cfg.adapt_factor > 0, "adapt_factor", "must be a positive number")
     workers = workers_from_env()  # (on the JAX engine each process's devices are known later: at least one)
-    smallest = workers * cfg.micro_batch if engine_of(cfg.engine) == "jax" else None
+    micro = micro_batch_of(cfg, task, workers)
+    smallest = workers * micro if engine_of(cfg.engine) == "jax" else None
     try:
-        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, cfg.micro_batch, smallest)
+        batch_adapter.check(cfg.batch_min, cfg.batch_max, workers, micro, smallest)
         lr_gain(cfg.lr_scaling, cfg.optimizer)
     except ValueError as e:
         raise ValueError(str(e)) from None

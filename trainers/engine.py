@@ -52,6 +52,8 @@ def train(cfg, task_cls):
 def _train(cfg, task_cls, stop):
     eng = engines.select(cfg.engine)
     threads = eng.init(cfg)
+    # --micro-batch 0: the paper's rule over the engine's real workers (processes x devices)
+    cfg = dataclasses.replace(cfg, micro_batch=config.micro_batch_of(cfg, task_cls.name, eng.size() * eng.local_replicas()))
     stop.take_back()  # (a runtime that joined the processes may have put its own handlers in place)
     rank = eng.rank()
     if cfg.resume and finished(cfg.logdir, cfg.epochs):
