@@ -43,7 +43,7 @@ STAMP_JAX   := $(VENV_JAX)/.stamp
 PYTHON_JAX  ?= $(firstword $(foreach p,python3.13 python3.12,$(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)) \
                  $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3))
 
-.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu wheelhouse study planning notebooks docs dist screenshot clean help
+.PHONY: gpu-preflight install install-dev test test-fast demo bench bench-gpu gpu-paper wheelhouse study planning notebooks docs dist screenshot clean help
 
 help:
 	@echo "make test   - set up .venv (TF, Keras, Horovod) and .venv-jax (Python 3.12, JAX 0.11) and run the whole test suite"
@@ -51,6 +51,8 @@ help:
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make bench-gpu - every GPU number on this GPU host into docs/benchmarks-gpu.md (SMOKE=1: the CPU, toy sizes;"
 	@echo "                 BACKEND=jax|torch: the host's own JAX or PyTorch, nothing installed)"
+	@echo "make gpu-paper - v1 Table 2's ResNet-20 column at B=4096 (SNGM, MSGD, LARS) on one GPU, on the host's own JAX,"
+	@echo "                 into docs/results-gpu.md (TIME_LIMIT=480 s; resumable; SMOKE=1: the CPU, toy sizes)"
 	@echo "make wheelhouse - the wheels an offline GPU host lacks, into wheelhouse/"
 	@echo "make study  - the CPU large-batch studies behind docs/results.md (hours on 2 cores; resumable)"
 	@echo "make planning - the runs and measurements behind docs/planning.md, and the page (30 min; resumable)"
@@ -166,6 +168,16 @@ bench-gpu: gpu-preflight install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/gpu_bench.py $(if $(filter 1,$(SMOKE)),--smoke,) \
 	  $(if $(OUT),--out $(OUT),) --time-limit $(or $(TIME_LIMIT),3600) $(if $(GPUS),--gpus $(GPUS),)
 endif
+
+# v1 Table 2's ResNet-20 rows at B=4096 (SNGM 1.6, MSGD 0.4, LARS 0.8; micro-batch 128, 160 epochs) on one
+# GPU: `sngm-train --engine jax` on the host's own JAX in HOST_PYTHON, no TensorFlow, nothing installed, the
+# full CIFAR-10 from DATA (the JPEG tar). It probes an epoch's time first, runs the arms that fit TIME_LIMIT
+# (default 480 s) in the order SNGM, MSGD, LARS, and keeps each finished arm (docs/results-gpu.json), so a
+# second session resumes. SMOKE=1: the same code on the CPU, a few hundred images, 2 epochs.
+DATA ?= ../shared/data/cifar10-jpeg.tar
+gpu-paper:
+	$(HOST_PYTHON) bench/gpu_paper.py --data $(DATA) $(if $(filter 1,$(SMOKE)),--smoke,) $(if $(OUT),--out $(OUT),) \
+	  $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT),) $(if $(RUNS),--runs $(RUNS),)
 
 # On a machine with network: every wheel a GPU host with its own JAX or PyTorch lacks (keras-sngm,
 # Keras, the small packages they need, TensorBoard's writer) for WHEEL_PYTHON on WHEEL_PLATFORM, into

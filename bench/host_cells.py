@@ -121,8 +121,8 @@ def _torch_update_cells(shapes, host):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     grads = [torch.as_tensor(g, device=device) for g in host]
-    cells = {name: keras_cell(name, shapes, grads, device) for name in KERAS}
-    cells.update({name: torch_cell(name, shapes, grads, device) for name in TORCH})
+    cells = {name: keras_cell(name, shapes, grads, device)[0] for name in KERAS}  # (each: its run, bytes held)
+    cells.update({name: torch_cell(name, shapes, grads, device)[0] for name in TORCH})
     return cells
 
 

@@ -143,8 +143,9 @@ def test_each_optimizer_reports_the_bound_its_rule_has(cls):
     step = {SNGM: ref.sngm_step, BlockSNGM: ref.block_sngm_step, LARS: lambda *a: ref.lars_step(*a, eta=1.0),
             MSGD: None}[cls]
     norms = []
-    for t in range(100):  # one sign per block, a size per update between 1e-3 and 1e3: the blocks' directions agree
-        g = [np.full(x.shape, 10.0 ** rng.uniform(-3, 3) * (1 if k == 0 else -1)) for k, x in enumerate(w)]
+    for t in range(100):  # one sign per block, one size per update between 1e-3 and 1e3: one direction throughout
+        size = 10.0 ** rng.uniform(-3, 3)
+        g = [np.full(x.shape, size * (1 if k == 0 else -1)) for k, x in enumerate(w)]
         opt.apply([ops.convert_to_tensor(x.astype("float32")) for x in g], variables)
         if step is None:
             u = [beta * a + b for a, b in zip(u, g)]

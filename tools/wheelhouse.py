@@ -4,7 +4,9 @@ has its own JAX or PyTorch (and numpy) lacks, for that host's Python and platfor
   - keras-sngm, built from this checkout;
   - Keras and the small packages it needs (absl-py, rich, namex, h5py, optree, ml-dtypes, ...);
   - TensorBoard's event writer (tensorboard and protobuf: what the trainers' and the
-    callback's event files need; its server's dependencies are left out).
+    callback's event files need; its server's dependencies are left out);
+  - Pillow, the JPEG decoder of CIFAR-10's JPEG copy (`make gpu-paper`), for a host without
+    one (pip leaves a host's own Pillow as it is).
 
 numpy is left out: every host with JAX or PyTorch has it. The folder is written whole or
 not at all: the wheels go to a temporary folder beside it, which replaces it at the end;
@@ -12,7 +14,7 @@ when pip fails (offline, say), its error is shown and nothing is left behind. Th
 host then runs (the README):
 
     pip install --no-index --find-links wheelhouse keras-sngm
-    pip install --no-index --find-links wheelhouse --no-deps tensorboard protobuf
+    pip install --no-index --find-links wheelhouse --no-deps tensorboard protobuf pillow
 
     python tools/wheelhouse.py [--python-version 3.12] [--platform manylinux_2_28_x86_64] [--out wheelhouse]
 """
@@ -28,9 +30,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The versions the test suite proves; on a host with an older manylinux, name its platform.
-KERAS, TENSORBOARD = "keras==3.15.1", "tensorboard==2.21.0"
+KERAS, TENSORBOARD, PILLOW = "keras==3.15.1", "tensorboard==2.21.0", "pillow==13.0.0"
 HOSTS_HAVE = ("numpy",)  # dependencies every JAX or PyTorch host already has
-LIMIT_MB = 20
+LIMIT_MB = 28  # of the 64 MiB a lent GPU host takes
 
 
 def pip(*args):
@@ -59,7 +61,7 @@ def main(argv=None):
         ok = (pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp, ROOT)
               and pip("download", "-q", "-d", tmp, *target, KERAS)
               and pip("download", "-q", "-d", tmp, "--no-deps", *target, TENSORBOARD,
-                      f"protobuf=={importlib.metadata.version('protobuf')}"))
+                      f"protobuf=={importlib.metadata.version('protobuf')}", PILLOW))
         if not ok:
             print("make wheelhouse: error: pip could not fetch every wheel (above); nothing was written",
                   file=sys.stderr)
