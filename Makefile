@@ -127,7 +127,7 @@ PYTEST      := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 # Then the JAX engine's tests again, in .venv-jax: Python 3.12, JAX 0.11, no TensorFlow.
 test: install-dev
 	$(PYTEST) --durations=10 tests
-	KERAS_BACKEND=jax $(VENV_JAX)/bin/python -m pytest -q -p no:cacheprovider tests/test_jax_engine.py
+	KERAS_BACKEND=jax $(VENV_JAX)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist load tests/test_jax_engine.py
 
 test-fast: install-dev
 	$(PYTEST) -m "not slow" tests
@@ -210,4 +210,4 @@ notebooks: install-dev
 	DATA_DIR=../shared/data/cifar10-jpeg.tar $(BIN)/python tools/execute_notebooks.py
 
 clean:
-	rm -rf $(VENV) $(VENV_JAX) build *.egg-info site
+	rm -rf $(VENV) $(VENV_JAX) build *.egg-info site .pytest-jax-cache
