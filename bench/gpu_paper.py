@@ -114,6 +114,22 @@ def predicted_s(probe_result, epochs):
     return probe_result["first_epoch_s"] + (epochs - 1) * probe_result["epoch_s"]
 
 
+def unmeasured(probe_result, epochs, left_s):
+    """An arm's entry when its predicted time does not fit the `left_s` seconds left, else None."""
+    need = predicted_s(probe_result, epochs)
+    return {"unmeasured": True, "predicted_s": need} if need > left_s else None
+
+
+def not_measured_line(arms):
+    """The closing line naming the arms left out, with their predicted minutes (None if none)."""
+    left = [o for o, _ in ARMS if "test_accuracy" not in arms.get(o, {})]
+    if not left:
+        return None
+    return "not measured: " + ", ".join(
+        f"{o} (predicted {arms[o]['predicted_s'] / 60:.1f} min)" if arms.get(o, {}).get("predicted_s") else o
+        for o in left)
+
+
 def arm_result(run_dir, wall):
     """What the page shows of a finished arm, from its own files."""
     final = json.load(open(os.path.join(run_dir, "final.json")))
@@ -177,8 +193,9 @@ def run(a):
             state["arms"][optimizer] = {"error": f"the probe failed ({state['probe']['error']})"}
             continue
         need = predicted_s(state["probe"], size["epochs"])
-        if need > plan.left():
-            state["arms"][optimizer] = {"unmeasured": True, "predicted_s": need}
+        skipped = unmeasured(state["probe"], size["epochs"], plan.left())
+        if skipped:
+            state["arms"][optimizer] = skipped
             print(f"{optimizer}: unmeasured, predicted {need / 60:.1f} min against {max(plan.left(), 0) / 60:.1f} "
                   "min left", flush=True)
             continue
@@ -191,13 +208,11 @@ def run(a):
         save_state(state_path, state)
     save_state(state_path, state)
     paper_report.write(out, paper_report.render(state, size))
-    left = [o for o, _ in ARMS if "test_accuracy" not in state["arms"].get(o, {})]
-    if left:
-        predicted = {o: state["arms"][o].get("predicted_s") for o in left}
-        print("not measured: " + ", ".join(f"{o} (predicted {s / 60:.1f} min)" if s else o
-                                           for o, s in predicted.items()), flush=True)
+    line = not_measured_line(state["arms"])
+    if line:
+        print(line, flush=True)
     print(f"wrote {out} and {state_path}", flush=True)
-    return 1 if left else 0
+    return 1 if line else 0
 
 
 def main(argv=None):

@@ -10,9 +10,13 @@
 
 Exit status: 0 done (or already finished), 2 bad flags or data, 3 training diverged
 (a NaN/Inf loss or weights; nothing non-finite is saved), 4 a checkpoint could not be
-written (a full disk: the previous checkpoint is kept), 128 + N stopped cleanly by signal
-N of --stop-signals (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1; a checkpoint was
-written, resume with --resume).
+written (a full disk: the previous checkpoint is kept), 5 a peer process is gone (a
+collective failed: --resume continues from the newest checkpoint), 6 the run hung (no
+update finished within --hang-timeout: a peer stopped, or a device hangs; --resume
+continues), 128 + N stopped cleanly by signal N of --stop-signals (143 for SIGTERM, 130
+for SIGINT, 138 for SIGUSR1; a checkpoint was written, resume with --resume).
+`sngm-train launch --max-restarts N` restarts on 5, 6, crashes and signals, never on 2,
+3 or 4, which a restart cannot heal.
 """
 
 import argparse
@@ -150,7 +154,26 @@ def main(argv=None):
         return error(str(e))
     except malformed as e:
         return _malformed_row(e)
+    except Exception as e:  # noqa: BLE001 - a collective that failed because a peer is gone: one line, not a traceback
+        from keras_sngm_trainers import engines
+
+        if not engines.current().lost_peer(e):
+            raise
+        return _lost_peer(e, cfg)
     return 0
+
+
+def _lost_peer(e, cfg):
+    """The one line of a process whose peer is gone; returns `heartbeat.LOST_PEER`."""
+    from keras_sngm_trainers import checkpoint, heartbeat
+
+    kept = checkpoint.latest(cfg.logdir)
+    reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    print(f"sngm-train: error: a peer process is gone: a collective failed in update {heartbeat.update_in_flight()} "
+          f"({reason[:200]}). The run can continue with --resume"
+          f"{' from ' + os.path.basename(kept) if kept else ' (no checkpoint yet: from the start)'}; exiting with "
+          f"status {heartbeat.LOST_PEER}.", file=sys.stderr, flush=True)
+    return heartbeat.LOST_PEER
 
 
 def _preempted(e, cfg, task):

@@ -151,6 +151,11 @@ class Config:
                              "stop at the same update, rank 0 writes a checkpoint, and every worker exits with "
                              "128 + the signal's number (143 for TERM); --resume continues exactly. A comma-separated "
                              "list of names (TERM or SIGTERM), or none")
+    hang_timeout: float = knob(600.0, "seconds without a finished update after which a process takes the run for "
+                               "hung (a peer stopped or gone, a device that hangs: collectives wait for ever) and "
+                               "exits with status 6, so that `sngm-train launch --max-restarts` or the scheduler "
+                               "restarts it from the newest checkpoint; 3x that until each fit call's first update "
+                               "ends (compilation) and while evaluating; 0 = off")
     ckpt_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)")
     ckpt_every_steps: int = knob(0, {
         task: f"also checkpoint every N updates within an epoch ({what} epochs are long); --resume then continues "
@@ -423,6 +428,7 @@ def validate(cfg, task):
     need(all(0 < e < cfg.epochs for e in cfg.step_epochs) and cfg.step_epochs == sorted(set(cfg.step_epochs)),
          "step_epochs", f"must be increasing epochs in (0, --epochs={cfg.epochs})")
     need(finite(cfg.ckpt_every_minutes) and cfg.ckpt_every_minutes >= 0, "ckpt_every_minutes", "must be a number >= 0")
+    need(finite(cfg.hang_timeout) and cfg.hang_timeout >= 0, "hang_timeout", "must be a number of seconds >= 0 (0: off)")
     for name in ("ckpt_every_steps", "ckpt_every_minutes", "stop_after_updates"):
         need(not (cfg.elastic and getattr(cfg, name)), name, "is not used with --elastic, which commits its state "
              "every --commit-every updates instead")

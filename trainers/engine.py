@@ -10,8 +10,8 @@ import warnings
 
 import keras
 
-from keras_sngm_trainers import (batch_adapter, checkpoint, config, engines, lr_scaling, preemption, recipes, resume,
-                                 segments, tb_layout, timing)
+from keras_sngm_trainers import (batch_adapter, checkpoint, config, engines, heartbeat, lr_scaling, preemption, recipes,
+                                 resume, segments, tb_layout, timing)
 from keras_sngm_trainers.callbacks import DiagnosticsLogger, EpochLogger, ProgressLogger
 from keras_sngm_trainers.config import check_batch
 from keras_sngm_trainers.guard import Diverged, DivergenceGuard
@@ -238,6 +238,7 @@ class _Fit:
         if cfg.diagnostics_every:
             callbacks.append(DiagnosticsLogger(run_dir, self.progress, cfg.diagnostics_every, write=rank == 0,
                                                schedule=plan.schedule))
+        callbacks.append(heartbeat.Heartbeat(run_dir, self.progress, cfg.hang_timeout, write=rank == 0))
         callbacks.append(DivergenceGuard(self.progress))  # after metric averaging, before the checkpoint
         callbacks.append(self.stop.agreement(self.progress))  # all ranks stop at the same update
         callbacks.append(checkpoint.CheckpointCallback(  # on every rank (metric sums); rank 0 writes

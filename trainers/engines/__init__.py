@@ -20,6 +20,8 @@ same few questions, never which engine it is. An engine is a module that answers
     chief_io()                    a context around what rank 0 alone writes (checkpoints)
     every_process_loads           whether every process reads a checkpoint (else rank 0,
                                   and the first `fit` broadcasts its weights)
+    lost_peer(error)              whether an error out of training is a collective that failed
+                                  because a peer process is gone (then: one line, exit 5)
     start_callbacks(), epoch_callbacks()
                                   what the first `fit` needs first (rank 0's weights to all),
                                   and what turns each process's epoch logs into the run's

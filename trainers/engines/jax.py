@@ -107,6 +107,20 @@ def init(cfg):
     return cfg.threads
 
 
+# What a collective says when a peer process is gone (gloo on CPU, NCCL on GPU, JAX's coordination service).
+LOST_PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Gloo all-reduce failed", "Gloo all-gather failed",
+                   "Socket closed", "Broken pipe", "NCCL", "heartbeat", "coordination service", "task has been restarted")
+
+
+def lost_peer(error):
+    """Whether `error`, raised out of training, is a collective that failed because a peer
+    process is gone (JAX raises its runtime error, with gloo's or NCCL's words)."""
+    import jax
+
+    runtime = getattr(jax.errors, "JaxRuntimeError", None) or getattr(jax.errors, "XlaRuntimeError", ())
+    return size() > 1 and isinstance(error, runtime) and any(s.lower() in str(error).lower() for s in LOST_PEER_SIGNS)
+
+
 def _give_up(message):
     from keras_sngm_trainers.errors import error
 
