@@ -37,6 +37,7 @@ MAY_CHANGE = {
     "ckpt_every_steps": "when checkpoints are written, not what training does",
     "ckpt_every_minutes": "when checkpoints are written, not what training does",
     "keep": "how many checkpoints are kept",
+    "hang_timeout": "when a hung run is given up, not what training does",
     "threads": "the host's cores: a resumed run may land on another machine",
     "tfds_dir": "where tensorflow-datasets keeps the same prepared data",
     "download": "whether tensorflow-datasets may fetch the same data",
