@@ -120,10 +120,10 @@ install: $(STAMP_BASE) $(STAMP_HVD)
 install-dev: install $(STAMP_DEV) $(STAMP_OLD) $(STAMP_DOCS) $(STAMP_JAX)
 
 # Two pytest workers (pytest-xdist): most of a test's time is single-threaded (interpreter and
-# TensorFlow start-up in its subprocesses), so two cores run two tests. Tests are dealt one by one
-# (--dist loadgroup), so no long file (test_horovod.py) runs alone at the end; a file with module-scoped
-# fixtures marks itself `xdist_group` and stays on one worker.
-PYTEST      := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+# TensorFlow start-up in its subprocesses), so two cores run two tests. A file stays on one worker
+# (--dist loadfile): dealing tests one by one (loadgroup) measured slower on a fresh clone (2026-12-08),
+# with two multi-process tests of one file running at once on the two cores.
+PYTEST      := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # --durations=10: the slowest ten tests end the report, so the next regression in the suite's time shows.
 # Then the JAX engine's tests again, in .venv-jax: Python 3.12, JAX 0.11, no TensorFlow.

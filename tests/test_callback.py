@@ -21,8 +21,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import callback_fit  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("test_callback")  # its module-scoped fixtures: every test of it on one worker
-
 K = callback_fit.K
 
 

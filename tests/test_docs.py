@@ -13,8 +13,6 @@ import pytest
 
 from helpers import BIN, ROOT
 
-pytestmark = pytest.mark.xdist_group("test_docs")  # its module-scoped fixtures: every test of it on one worker
-
 MODULES = ["keras_sngm", "keras_sngm.sngm", "keras_sngm.block_sngm", "keras_sngm.lars", "keras_sngm.msgd",
            "keras_sngm.callbacks"]
 

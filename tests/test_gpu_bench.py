@@ -17,8 +17,6 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import gpu_host  # noqa: E402
 import gpu_report  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("test_gpu_bench")  # its module-scoped fixtures: every test of it on one worker
-
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 SCRIPT = os.path.join(ROOT, "bench", "gpu_bench.py")
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?(%|x)?$")

@@ -13,8 +13,6 @@ import pytest
 
 from helpers import ROOT
 
-pytestmark = pytest.mark.xdist_group("test_horovod_patch")  # its module-scoped fixtures: every test of it on one worker
-
 SCRIPT = os.path.join(ROOT, "tools", "patch_horovod_stream.py")
 DECLARATION = "GpuStreamHandle AsGpuStreamValue(Stream* stream);"
 

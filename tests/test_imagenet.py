@@ -19,8 +19,6 @@ tf = pytest.importorskip("tensorflow")
 from keras_sngm_trainers.data import imagenet, imagenet_input  # noqa: E402
 from keras_sngm_trainers.data.images import DataNotFoundError  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("test_imagenet")  # its module-scoped fixtures: every test of it on one worker
-
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 

@@ -12,8 +12,6 @@ import pytest
 
 from helpers import ROOT
 
-pytestmark = pytest.mark.xdist_group("test_package")  # its module-scoped fixtures: every test of it on one worker
-
 # The versions the suite tests; without them pip would take the newest TensorFlow.
 CONSTRAINTS = "tensorflow==2.21.0\nkeras==3.15.1\n"
 

@@ -16,8 +16,6 @@ import pytest
 from helpers import BIN, ROOT, sngm_train
 from keras_sngm_trainers.planning import model
 
-pytestmark = pytest.mark.xdist_group("test_planning")  # its module-scoped fixtures: every test of it on one worker
-
 
 def test_update_time_and_ring_allreduce_by_hand():
     # 100 MB over 8 workers at 12.5 GB/s, alpha 5 us: 2*7/8 * 0.008 s + 14 * 5 us
