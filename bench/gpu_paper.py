@@ -70,16 +70,6 @@ def epoch_ends(run_dir):
     return [e.wall_time for e in acc.Tensors("epoch_loss")]  # (the trainers write scalars as tensor summaries)
 
 
-class Plan:
-    """The run's clock: seconds left to its deadline."""
-
-    def __init__(self, limit_s):
-        self.deadline = time.monotonic() + limit_s
-
-    def left(self):
-        return self.deadline - time.monotonic()
-
-
 def train(cmd, env, run_dir, timeout):
     """Runs one `sngm-train`; (wall seconds, None) or (None, why it failed)."""
     t0 = time.monotonic()
@@ -93,14 +83,14 @@ def train(cmd, env, run_dir, timeout):
     return time.monotonic() - t0, None
 
 
-def probe(size, data, env, plan):
+def probe(size, data, env, left):
     """Seconds to the end of the first epoch (start-up, data, compilation) and of one epoch
     after it, from an SNGM run of `probe_epochs` epochs in a directory of its own."""
     run_dir = tempfile.mkdtemp(prefix="sngm-gpu-paper-probe-")
     try:
         t_start = time.time()
         wall, why = train([sys.executable, "-c", CLI, *flags(size, "sngm", 1.6, data, size["probe_epochs"])], env,
-                          run_dir, plan.left())
+                          run_dir, left())
         if why:
             return {"error": why}
         ends = epoch_ends(run_dir)
@@ -177,7 +167,11 @@ def run(a):
     command = "make gpu-paper" + (" SMOKE=1" if a.smoke else "")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([ROOT] + [
         p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    plan = Plan(a.time_limit)
+    deadline = time.monotonic() + a.time_limit
+
+    def left():  # seconds left of --time-limit
+        return deadline - time.monotonic()
+
     state = load_state(state_path, mode)
     state["facts"], state["date"], state["command"] = facts(env), datetime.date.today().isoformat(), command
     if not a.smoke and state["facts"]["platform"] != "gpu":
@@ -186,22 +180,22 @@ def run(a):
         return 2
     todo = [(o, lr) for o, lr in ARMS if "test_accuracy" not in state["arms"].get(o, {})]
     if todo:
-        state["probe"] = probe(size, a.data, env, plan)
+        state["probe"] = probe(size, a.data, env, left)
         print(f"probe: {json.dumps(state['probe'])}", flush=True)
     for optimizer, lr in todo:
         if "error" in state["probe"]:
             state["arms"][optimizer] = {"error": f"the probe failed ({state['probe']['error']})"}
             continue
         need = predicted_s(state["probe"], size["epochs"])
-        skipped = unmeasured(state["probe"], size["epochs"], plan.left())
+        skipped = unmeasured(state["probe"], size["epochs"], left())
         if skipped:
             state["arms"][optimizer] = skipped
-            print(f"{optimizer}: unmeasured, predicted {need / 60:.1f} min against {max(plan.left(), 0) / 60:.1f} "
+            print(f"{optimizer}: unmeasured, predicted {need / 60:.1f} min against {max(left(), 0) / 60:.1f} "
                   "min left", flush=True)
             continue
         run_dir = os.path.join(a.runs, optimizer)
         shutil.rmtree(run_dir, ignore_errors=True)
-        wall, why = train([sys.executable, "-c", CLI, *flags(size, optimizer, lr, a.data)], env, run_dir, plan.left())
+        wall, why = train([sys.executable, "-c", CLI, *flags(size, optimizer, lr, a.data)], env, run_dir, left())
         state["arms"][optimizer] = {"error": why, "predicted_s": need} if why else {
             **arm_result(run_dir, wall), "lr": lr, "predicted_s": need}
         print(f"{optimizer}: {json.dumps(state['arms'][optimizer])}", flush=True)

@@ -246,14 +246,19 @@ def adaptive(cfg):
 MICRO_BATCH_CAP = {"resnet": 128, "deepfm": 1024}
 
 
+def paper_micro_batch(batch, workers, cap=128):
+    """The paper's accumulation: each of `workers` computes B/workers examples, in
+    micro-batches of at most `cap`."""
+    return max(1, min(cap, batch // max(workers, 1)))
+
+
 def micro_batch_of(cfg, task, workers):
-    """`--micro-batch` as given, or where it is 0 the paper's rule: each of `workers` computes
-    its B/workers examples in one pass, in micro-batches of at most the task's cap (the cap
-    itself with --batch-size auto, whose batch changes)."""
+    """`--micro-batch` as given, or where it is 0 the paper's rule (`paper_micro_batch`, with
+    the task's cap; the cap itself with --batch-size auto, whose batch changes)."""
     if cfg.micro_batch:
         return cfg.micro_batch
     cap = MICRO_BATCH_CAP[task]
-    return cap if adaptive(cfg) else max(1, min(cap, cfg.batch_size // max(workers, 1)))
+    return cap if adaptive(cfg) else paper_micro_batch(cfg.batch_size, workers, cap)
 
 
 LR_SCALED = ("msgd", "adam", "lamb")  # the optimizers whose step length grows with the gradient's size

@@ -42,12 +42,6 @@ def grid(optimizers, batch_sizes, task, lr=None):
     return [arm(o, b, lr if lr is not None else base_lr(o, b, task)) for o in optimizers for b in batch_sizes]
 
 
-def micro_batch(batch, workers, cap=128):
-    """The paper's accumulation: each of `workers` computes B/workers examples, in
-    micro-batches of at most `cap`."""
-    return min(cap, max(1, batch // workers))
-
-
 # journal Table 2: ResNet-20 / CIFAR-10, test accuracy (%), 160 epochs, per-epoch cosine.
 JOURNAL_T2 = {"source": "journal Table 2", "metric": "test accuracy (%)", "rows": {
     "msgd": {128: 92.42, 1024: 90.62, 2048: 89.78, 4096: 87.81, 8192: 83.93},

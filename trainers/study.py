@@ -24,7 +24,8 @@ import sys
 import time
 
 from keras_sngm_trainers import study_cost
-from keras_sngm_trainers.presets import PRESETS, arm, base_lr, micro_batch
+from keras_sngm_trainers.config import paper_micro_batch
+from keras_sngm_trainers.presets import PRESETS, arm, base_lr
 
 
 def cell_name(optimizer, batch, lr, seed):
@@ -153,7 +154,7 @@ def run_flags(spec, a, extra=()):
     workers = spec.get("np") or spec.get("workers", 1)
     batch = ["--batch-size", "auto", "--batch-min", str(a["batch"]), "--batch-max", str(a["batch_max"])] \
         if a.get("batch_max") else ["--batch-size", str(a["batch"])]
-    return [*spec["flags"], "--micro-batch", str(micro_batch(a["batch"], workers, spec.get("micro_batch", 128))),
+    return [*spec["flags"], "--micro-batch", str(paper_micro_batch(a["batch"], workers, spec.get("micro_batch", 128))),
             *a["flags"], *extra, "--optimizer", a["optimizer"], *batch]
 
 
